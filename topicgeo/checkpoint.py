@@ -1,0 +1,120 @@
+"""Checkpoints that carry their config and the hash of the prompt embeddings they were trained with.
+
+Files are written atomically (temp file + rename) and read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topicgeo.config import TopicGeoConfig
+from topicgeo.model.topicgeo import TopicGeo
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "topicgeo-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or does not fit the requested config / prompt embeddings."""
+
+
+def prompt_hash(prompts: torch.Tensor) -> str:
+    """sha256 of the prompt matrix as contiguous little-endian float32 bytes."""
+    return hashlib.sha256(prompts.detach().float().contiguous().cpu().numpy().astype("<f4").tobytes()).hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temp file in the target folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model: TopicGeo, extra: dict[str, Any] | None = None, half: bool = False) -> None:
+    """Write weights, config and prompt hash (``half`` stores floating weights as fp16, e.g. for the repo)."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": model.config.to_dict(),
+        "prompt_sha256": prompt_hash(model.prompts),
+        "model": state,
+        **(extra or {}),
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict safely; a missing or corrupt file is a :class:`CheckpointError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated / foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a TopicGeo checkpoint (format {CHECKPOINT_FORMAT})")
+    return payload
+
+
+def load_model(
+    path: Path, expected_config: TopicGeoConfig | None = None, prompts: torch.Tensor | None = None
+) -> TopicGeo:
+    """Rebuild the network from a checkpoint, refusing config or prompt-embedding drift.
+
+    Args:
+        path: checkpoint file.
+        expected_config: when given, the checkpoint's config must equal it.
+        prompts: when given, these ``(P, D)`` embeddings must hash to the checkpoint's prompt hash.
+    """
+    payload = read_checkpoint(path)
+    config = TopicGeoConfig.from_dict(payload["config"])
+    if expected_config is not None and expected_config != config:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with config {config.name!r} that differs from the requested "
+            f"{expected_config.name!r}: {_config_diff(config, expected_config)}"
+        )
+    state = payload["model"]
+    stored = state["prompts"].float()
+    if prompts is not None:
+        if tuple(prompts.shape) != tuple(stored.shape):
+            raise CheckpointError(
+                f"prompt embeddings of shape {tuple(prompts.shape)} do not fit checkpoint {path} "
+                f"(trained with {tuple(stored.shape)})"
+            )
+        if prompt_hash(prompts) != payload["prompt_sha256"]:
+            raise CheckpointError(
+                f"prompt embeddings differ from those checkpoint {path} was trained with "
+                f"(sha256 {payload['prompt_sha256'][:12]}...)"
+            )
+    model = TopicGeo(config, prompts=stored)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def _config_diff(a: TopicGeoConfig, b: TopicGeoConfig) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    diffs = []
+    for section in da:
+        if isinstance(da[section], dict):
+            for key in da[section]:
+                if da[section][key] != db[section].get(key):
+                    diffs.append(f"{section}.{key}: {da[section][key]} != {db[section].get(key)}")
+        elif da[section] != db[section]:
+            diffs.append(f"{section}: {da[section]} != {db[section]}")
+    return "; ".join(diffs) or "no field differs"

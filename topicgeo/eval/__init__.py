@@ -1,0 +1,1 @@
+"""Evaluation of retrieval + matching with the numerics the vehicle runs (edge_runtime.numerics)."""
