@@ -2,7 +2,8 @@
 
 Board specs (``--board`` on the command line):
 
-* ``chessboard:COLSxROWS:SQUARE_MM``: COLS x ROWS *inner* corners (OpenCV's ``patternSize``), e.g. ``chessboard:9x6:25``.
+* ``chessboard:COLSxROWS:SQUARE_MM``: COLS x ROWS *inner* corners (OpenCV's ``patternSize``), e.g.
+  ``chessboard:9x6:25``.
 * ``charuco:COLSxROWS:SQUARE_MM:MARKER_MM[:DICT[:legacy]]``: COLS x ROWS *squares* (OpenCV ``CharucoBoard`` size),
   marker side ``MARKER_MM``, ArUco dictionary name (default ``DICT_5X5_100``); ``legacy`` selects the pre-4.6 OpenCV
   layout of boards with an even number of rows.
@@ -98,7 +99,9 @@ class CharucoSpec:
         n_markers = (self.cols * self.rows) // 2
         dict_size = int(self.dictionary.rsplit("_", 1)[-1]) if self.dictionary.rsplit("_", 1)[-1].isdigit() else None
         if dict_size is not None and n_markers > dict_size:
-            raise ValueError(f"{self.dictionary} has {dict_size} markers but a {self.cols}x{self.rows} board needs {n_markers}")
+            raise ValueError(
+                f"{self.dictionary} has {dict_size} markers but a {self.cols}x{self.rows} board needs {n_markers}"
+            )
 
     @property
     def n_corners(self) -> int:
@@ -281,31 +284,47 @@ def detect_board(
         found = _detect_chessboard(gray, spec)
         if found is None:
             return BoardDetection(
-                name, (w, h), False, f"no complete {spec.cols}x{spec.rows} chessboard found (absent, partial or blurred)"
+                name,
+                (w, h),
+                False,
+                f"no complete {spec.cols}x{spec.rows} chessboard found (absent, partial or blurred)",
             )
         img_pts, obj_pts = found, spec.object_points()
     else:
         found_c = _detect_charuco(gray, spec)
         if isinstance(found_c, str):
             return BoardDetection(name, (w, h), False, found_c)
-        img_pts, obj_pts = found_c
+        img_pts, obj_pts, collinear = found_c
         need = max(cfg.min_charuco_corners, int(np.ceil(cfg.min_charuco_fraction * spec.n_corners)))
         if len(img_pts) < need:
             return BoardDetection(
-                name, (w, h), False, f"partial board: {len(img_pts)} of {spec.n_corners} corners (need {need})",
-                img_pts, obj_pts,
+                name,
+                (w, h),
+                False,
+                f"partial board: {len(img_pts)} of {spec.n_corners} corners (need {need})",
+                img_pts,
+                obj_pts,
             )
+        if collinear:
+            return BoardDetection(name, (w, h), False, "ChArUco corners are collinear", img_pts, obj_pts)
     margin = cfg.border_margin_px
-    if np.any(img_pts[:, 0] < margin) or np.any(img_pts[:, 1] < margin) or np.any(img_pts[:, 0] > w - 1 - margin) or np.any(
-        img_pts[:, 1] > h - 1 - margin
+    if (
+        np.any(img_pts[:, 0] < margin)
+        or np.any(img_pts[:, 1] < margin)
+        or np.any(img_pts[:, 0] > w - 1 - margin)
+        or np.any(img_pts[:, 1] > h - 1 - margin)
     ):
         return BoardDetection(name, (w, h), False, "board touches the image border (partial view)", img_pts, obj_pts)
     sharp = board_sharpness(gray, img_pts, cfg.sharpness_square_px)
     if sharp < cfg.blur_threshold:
         return BoardDetection(
-            name, (w, h), False,
+            name,
+            (w, h),
+            False,
             f"blurred: variance of Laplacian {sharp:.1f} < threshold {cfg.blur_threshold:g}",
-            img_pts, obj_pts, sharp,
+            img_pts,
+            obj_pts,
+            sharp,
         )
     return BoardDetection(name, (w, h), True, "", img_pts, obj_pts, sharp)
 
@@ -342,15 +361,22 @@ def _detect_chessboard(gray: np.ndarray, spec: ChessboardSpec) -> np.ndarray | N
     return refined.reshape(-1, 2).astype(np.float32)
 
 
-def _detect_charuco(gray: np.ndarray, spec: CharucoSpec) -> tuple[np.ndarray, np.ndarray] | str:
-    """``(image_points (N, 2) float32, object_points (N, 3) float32)`` or a rejection reason."""
+def _detect_charuco(gray: np.ndarray, spec: CharucoSpec) -> tuple[np.ndarray, np.ndarray, bool] | str:
+    """``(image_points (N, 2) float32, object_points (N, 3) float32, collinear)`` or a rejection reason."""
     board = spec.make_board()
     detector = cv2.aruco.CharucoDetector(board)
     corners, ids, _marker_corners, marker_ids = detector.detectBoard(gray)
     if ids is None or len(ids) == 0:
         n_markers = 0 if marker_ids is None else len(marker_ids)
         return f"no ChArUco corners found ({n_markers} markers seen)"
-    if len(ids) >= 3 and board.checkCharucoCornersCollinear(ids):
-        return f"ChArUco corners are collinear ({len(ids)} corners)"
-    obj, img = board.matchImagePoints(corners, ids)
-    return img.reshape(-1, 2).astype(np.float32), obj.reshape(-1, 3).astype(np.float32)
+    # CharucoDetector before OpenCV 4.13 returns corners offset by about +0.5 px (opencv/opencv#25539, fixed by
+    # PR #28380). cornerSubPix converges to the saddle point from any start inside its window, so refining its output
+    # again removes the bias on old versions and changes nothing on fixed ones. The window must stay inside the white
+    # gap between a corner and the neighbouring markers.
+    pts = corners.reshape(-1, 2).astype(np.float32)
+    gap = corner_spacing(pts) * (spec.square_mm - spec.marker_mm) / (2.0 * spec.square_mm)
+    half = int(np.clip(np.floor(0.8 * gap), 2, 11))
+    pts = cv2.cornerSubPix(gray, pts.reshape(-1, 1, 2), (half, half), (-1, -1), _SUBPIX_CRITERIA)
+    obj, img = board.matchImagePoints(pts, ids)
+    collinear = len(ids) < 3 or bool(board.checkCharucoCornersCollinear(ids))
+    return img.reshape(-1, 2).astype(np.float32), obj.reshape(-1, 3).astype(np.float32), collinear

@@ -347,7 +347,9 @@ def _yaml_matrix(value: Any, key: str, rows: int, cols: int, source: str) -> np.
     if not isinstance(value, dict) or "data" not in value:
         raise ValueError(f"{source}: {key} must be a mapping with rows, cols and data, got {value!r}")
     if value.get("rows") != rows or value.get("cols") != cols:
-        raise ValueError(f"{source}: {key} must be {rows}x{cols}, got rows={value.get('rows')} cols={value.get('cols')}")
+        raise ValueError(
+            f"{source}: {key} must be {rows}x{cols}, got rows={value.get('rows')} cols={value.get('cols')}"
+        )
     data = value["data"]
     if not isinstance(data, list) or len(data) != rows * cols:
         raise ValueError(f"{source}: {key}.data must be a list of {rows * cols} numbers, got {data!r}")

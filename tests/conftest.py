@@ -29,3 +29,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def data_dir() -> Path:
     """Folder of the real imagery copied into the repository (see tests/data/README.md)."""
     return DATA
+
+
+TOPICS = Path(__file__).resolve().parent.parent / "topicgeo" / "assets" / "topics_minilm.npz"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised ``cpu``-preset checkpoint with real MiniLM topic metadata (format tests only)."""
+    import torch
+
+    from topicgeo.checkpoint import save_checkpoint
+    from topicgeo.config import get_preset
+    from topicgeo.model import TopicGeo
+    from topicgeo.train.trainer import load_prompts_matrix, topics_metadata
+
+    prompts = load_prompts_matrix(TOPICS)
+    torch.manual_seed(0)
+    model = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, model, {"topics": topics_metadata(TOPICS), "step": 0})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An fp32 bundle (query 256 px, tiles 512 px) exported once per test session from ``tiny_checkpoint``."""
+    from export.bundle_writer import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny_bundle"
+    return export_bundle(tiny_checkpoint, out, ExportConfig("fp32", 256, 512, build_engines=False))

@@ -8,7 +8,9 @@ coarse-cell centres), every pair ``(i, j)`` whose query points are at least ``mi
 
 The consensus is ``s* = median(r_ij)`` and ``theta* = circular median(phi_ij)`` (:func:`circular_median`), and the
 normalised residual is ``e_ij = ((r_ij / s* - 1) / delta_d)^2 + (wrap(phi_ij - theta*) / delta_c)^2`` (``e_ij <= 1``:
-"length ratio within +-0.2 and angle within +-pi/18"). Three scores sit behind :func:`geometric_consistency`:
+"length ratio within +-0.2 and angle within +-pi/18"). Pairs whose two reference points coincide have no angle;
+they are left out of the angle consensus and scored on their length ratio (0, hence incompatible). Three scores
+sit behind :func:`geometric_consistency`:
 
 - ``"spectral"`` (reading A, default): ``A_ij = max(0, 1 - e_ij)``, ``A_ii = 0`` (and 0 for pairs closer than
   ``min_pair_distance``); sparse power iteration truncated at ``Z`` steps, ``x = 1 / sqrt(N)``;
@@ -55,8 +57,10 @@ class ConsistencyConfig:
         method: ``"spectral"`` (reading A), ``"robust"`` (reading B) or ``"ransac"``.
         delta_d: Length-ratio tolerance (relative, ``> 0``); SUPP: 0.2.
         delta_c: Angle tolerance in radians (``> 0``); SUPP: 0.175 = pi/18.
-        truncation_z: ``Z`` (integer ``>= 1``): power-iteration count of reading A, penalty cap of reading B; SUPP: 10.
-        sparsity_lambda: ``lambda`` in ``[0, 1)``: soft threshold of reading A, density exponent of reading B; SUPP: 0.2.
+        truncation_z: ``Z`` (integer ``>= 1``): power-iteration count of reading A, penalty cap of reading B;
+            SUPP: 10.
+        sparsity_lambda: ``lambda`` in ``[0, 1)``: soft threshold of reading A, density exponent of reading B;
+            SUPP: 0.2.
         min_pair_distance: Pairs whose query points are closer than this (pixels, ``> 0``) are ignored; default one
             coarse cell (stride 64). Cell-centre quantisation makes near pairs noisy, so raise it for coarse inputs
             if needed.
@@ -117,12 +121,19 @@ def wrap_angle(angle: np.ndarray | float) -> np.ndarray:
     return np.pi - np.mod(np.pi - a, 2.0 * np.pi)
 
 
-def circular_median(angles: np.ndarray) -> float:
-    """Circular median: the sample angle minimising the summed arc distance ``sum_m |wrap(a_m - theta)|``.
+def _arc_cost(a: np.ndarray, theta: float) -> float:
+    return float(np.abs(wrap_angle(a - theta)).sum())
 
-    The objective is piecewise linear with concave kinks at the antipodes, so its minimum is attained at a sample;
-    all samples are evaluated in ``O(M log M)`` with prefix sums over the angles unrolled three times. Ties resolve
-    to the smallest angle.
+
+def circular_median(angles: np.ndarray) -> float:
+    """Circular median: an angle minimising the summed arc distance ``f(theta) = sum_m |wrap(a_m - theta)|``.
+
+    ``f`` is piecewise linear with concave kinks at the antipodes, so a minimum is attained at a sample; all samples
+    are evaluated in ``O(M log M)`` with prefix sums over the angles unrolled three times. Samples within a rounding
+    tolerance of the minimum count as tied. When the tied samples form one contiguous run (a flat stretch, e.g. for
+    an even count as with the linear median; if every sample ties, the circle minus its largest gap) the arc
+    midpoint of the run is returned provided it is itself a minimiser; in any other tie the smallest tied angle is
+    returned. The result is therefore always a minimiser of ``f`` and independent of the input order.
 
     Args:
         angles: ``(M,)`` radians, ``M >= 1`` (any range; wrapped first).
@@ -147,9 +158,30 @@ def circular_median(angles: np.ndarray) -> float:
     down = np.searchsorted(a, theta - np.pi, side="right")
     lo = np.where(theta - np.pi < -np.pi, up, m + down)
     hi = np.where(theta <= 0.0, m + up, 2 * m + down)
-    below = theta * (mid - lo) - (prefix[mid] - prefix[lo])
-    above = (prefix[hi] - prefix[mid]) - theta * (hi - mid)
-    return float(theta[int(np.argmin(below + above))])
+    cost = theta * (mid - lo) - (prefix[mid] - prefix[lo]) + (prefix[hi] - prefix[mid]) - theta * (hi - mid)
+    tol = 1e-10 * m * np.pi + 1e-12
+    c_min = float(cost.min())
+    near = cost <= c_min + tol
+    first = int(np.argmax(near))
+    n_near = int(near.sum())
+    if n_near == 1:
+        return float(theta[first])
+    if n_near == m:
+        # Every sample is tied: the run is the circle minus its largest gap.
+        gaps = np.mod(np.roll(theta, -1) - theta, two_pi)
+        end = int(np.argmax(gaps))
+        start = (end + 1) % m
+    else:
+        starts = near & ~np.roll(near, 1)
+        if int(starts.sum()) != 1:
+            return float(theta[first])
+        start = int(np.argmax(starts))
+        end = (start + n_near - 1) % m
+    arc = float(np.mod(theta[end] - theta[start], two_pi))
+    midpoint = float(wrap_angle(theta[start] + arc / 2.0))
+    if _arc_cost(a, midpoint) <= c_min + tol:
+        return midpoint
+    return float(theta[first])
 
 
 class _Pairs(NamedTuple):
@@ -206,15 +238,20 @@ def _pairs(p: np.ndarray, q: np.ndarray, config: ConsistencyConfig) -> _Pairs:
         iu, ju, dpx, dpy, len2_p = iu[keep], ju[keep], dpx[keep], dpy[keep], len2_p[keep]
     dqx = q[ju, 0] - q[iu, 0]
     dqy = q[ju, 1] - q[iu, 1]
-    ratio = np.sqrt((dqx * dqx + dqy * dqy) / len2_p)
-    # Angle from dp to dq in one atan2 (cross, dot); atan2 gives [-pi, pi], map -pi to pi.
-    phi = np.arctan2(dpx * dqy - dpy * dqx, dpx * dqx + dpy * dqy)
-    phi[phi == -np.pi] = np.pi
+    len2_q = dqx * dqx + dqy * dqy
+    ratio = np.sqrt(len2_q / len2_p)
     scale = float(np.median(ratio))
     if scale <= 0.0:
         return _Pairs(empty, empty, np.zeros(0), math.nan, math.nan)
-    angle = circular_median(phi)
-    e = ((ratio / scale - 1.0) / config.delta_d) ** 2 + (wrap_angle(phi - angle) / config.delta_c) ** 2
+    # Angle from dp to dq in one atan2 (cross, dot), mapped from [-pi, pi] to (-pi, pi]. It is undefined when both
+    # reference points coincide (atan2 of signed zeros); such pairs stay out of the angle consensus and get no angle
+    # penalty (their length ratio 0 already makes them incompatible).
+    defined = len2_q > 0.0
+    phi = np.arctan2(dpx * dqy - dpy * dqx, dpx * dqx + dpy * dqy)
+    phi[phi == -np.pi] = np.pi
+    angle = circular_median(phi[defined])
+    d_angle = np.where(defined, wrap_angle(phi - angle), 0.0)
+    e = ((ratio / scale - 1.0) / config.delta_d) ** 2 + (d_angle / config.delta_c) ** 2
     return _Pairs(iu.astype(np.int64), ju.astype(np.int64), e, scale, angle)
 
 
@@ -251,9 +288,7 @@ def _similarity_of_homography(H: np.ndarray, at: np.ndarray) -> tuple[float, flo
     w = H[2, 0] * at[0] + H[2, 1] * at[1] + H[2, 2]
     x = (H[0, 0] * at[0] + H[0, 1] * at[1] + H[0, 2]) / w
     y = (H[1, 0] * at[0] + H[1, 1] * at[1] + H[1, 2]) / w
-    jac = np.array(
-        [[H[0, 0] - x * H[2, 0], H[0, 1] - x * H[2, 1]], [H[1, 0] - y * H[2, 0], H[1, 1] - y * H[2, 1]]]
-    ) / w
+    jac = np.array([[H[0, 0] - x * H[2, 0], H[0, 1] - x * H[2, 1]], [H[1, 0] - y * H[2, 0], H[1, 1] - y * H[2, 1]]]) / w
     scale = math.sqrt(abs(float(np.linalg.det(jac))))
     angle = float(wrap_angle(math.atan2(jac[1, 0] - jac[0, 1], jac[0, 0] + jac[1, 1])))
     return scale, angle

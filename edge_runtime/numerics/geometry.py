@@ -37,6 +37,9 @@ __all__ = [
 MIN_MATCHES = 4
 #: A homography whose singular values satisfy ``s_min / s_max`` below this is rejected as near-singular.
 MIN_SINGULAR_RATIO = 1e-8
+#: Inlier query (and reference) points whose centred singular values satisfy ``s_min / s_max`` below this are
+#: treated as collinear: a homography is not determined by them.
+MIN_SPREAD_RATIO = 1e-2
 #: Relative tolerance (w.r.t. the squared quad extent) below which a cross product / area counts as zero.
 _REL_EPS = 1e-12
 
@@ -263,9 +266,7 @@ def _region_corners(pts_q: np.ndarray, image_size: tuple[float, float] | None) -
     return np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]], dtype=np.float64)
 
 
-def homography_degeneracy(
-    H: np.ndarray, region: np.ndarray, allow_reflection: bool = False
-) -> str | None:
+def homography_degeneracy(H: np.ndarray, region: np.ndarray, allow_reflection: bool = False) -> str | None:
     """Reason why ``H`` is unusable over a convex query ``region`` ``(4, 2)``, or None if it is fine.
 
     Checks, in order: finite entries; ``s_min / s_max >= MIN_SINGULAR_RATIO`` (not near-singular); the projective
@@ -301,7 +302,6 @@ def estimate_homography(
     confidence: float = 0.999,
     max_iters: int = 10000,
     image_size: tuple[float, float] | None = None,
-    allow_reflection: bool = False,
 ) -> HomographyResult:
     """Robust query -> reference homography with ``cv2.findHomography(..., cv2.USAC_MAGSAC)``.
 
@@ -313,10 +313,13 @@ def estimate_homography(
         max_iters: Maximum number of iterations ``>= 1``.
         image_size: Optional query size ``(w, h)``; the degeneracy checks use its outline
             (:func:`image_corners`), else the bounding box of ``pts_q``.
-        allow_reflection: Accept orientation-reversing (mirroring) homographies.
+
+    OpenCV's USAC already discards orientation-reversing (mirroring) minimal samples, so a mirrored point set
+    yields "no model"; :func:`homography_degeneracy` rejects mirrored homographies as well.
 
     Returns:
-        :class:`HomographyResult`. Fewer than 4 matches, a solver failure or a degenerate homography (see
+        :class:`HomographyResult`. Fewer than 4 matches or inliers, a solver failure, (nearly) collinear inliers
+        (centred singular-value ratio below ``MIN_SPREAD_RATIO``) or a degenerate homography (see
         :func:`homography_degeneracy`) give ``H = None``, all-False inliers and a ``reason``; no exception.
 
     Raises:
@@ -338,8 +341,12 @@ def estimate_homography(
         return HomographyResult(None, no_inliers, f"too few matches ({n} < {MIN_MATCHES})")
     try:
         H, mask = cv2.findHomography(
-            q, r, method=cv2.USAC_MAGSAC, ransacReprojThreshold=float(threshold_px),
-            maxIters=int(max_iters), confidence=float(confidence),
+            q,
+            r,
+            method=cv2.USAC_MAGSAC,
+            ransacReprojThreshold=float(threshold_px),
+            maxIters=int(max_iters),
+            confidence=float(confidence),
         )
     except cv2.error as exc:  # OpenCV raises on some degenerate configurations
         logger.debug("findHomography raised: %s", exc)
@@ -349,10 +356,14 @@ def estimate_homography(
     H = np.asarray(H, dtype=np.float64)
     if H[2, 2] != 0.0 and np.isfinite(H[2, 2]):
         H = H / H[2, 2]
-    reason = homography_degeneracy(H, _region_corners(q, image_size), allow_reflection=allow_reflection)
+    reason = homography_degeneracy(H, _region_corners(q, image_size))
     if reason is not None:
         return HomographyResult(None, no_inliers, reason)
     inliers = mask.ravel().astype(bool)
     if int(inliers.sum()) < MIN_MATCHES:
         return HomographyResult(None, no_inliers, f"too few inliers ({int(inliers.sum())} < {MIN_MATCHES})")
+    for name, pts in (("query", q[inliers]), ("reference", r[inliers])):
+        sv = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)
+        if sv[0] == 0.0 or sv[1] / sv[0] < MIN_SPREAD_RATIO:
+            return HomographyResult(None, no_inliers, f"inlier {name} points are (nearly) collinear")
     return HomographyResult(H, inliers, None)

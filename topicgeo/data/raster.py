@@ -9,8 +9,11 @@ repeated to grey RGB) are converted to uint8. ``stretch="auto"`` keeps uint8 ras
 dtype (uint16, float) through a per-band robust percentile stretch whose limits are computed ONCE per raster (on a
 decimated read of the whole raster), so every window of a raster is scaled identically.
 
-Validity: a pixel is invalid where every read band equals the raster's nodata value, or where it lies outside the
-raster (boundless window reads). Invalid pixels are returned as 0 (black) together with a boolean mask.
+Validity: a pixel is invalid where it lies outside the raster (boundless window reads) or inside a nodata REGION:
+pixels whose every read band equals the nodata value, kept only where they form blobs that contain a
+``nodata_min_size`` square (a morphological opening). Isolated pixels that merely carry the nodata value are real
+data: e.g. the SJER orthophotos declare nodata = 255 while hundreds of their pixels are saturated white. Invalid
+pixels are returned as 0 (black) together with a boolean mask; the result does not depend on the window.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import cv2
 import numpy as np
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ class RasterConfig:
         percentiles: low/high percentiles of the stretch (per band, over valid pixels).
         stats_max_side: the stretch statistics are computed on a read decimated to at most this many pixels per side.
         nodata: overrides the nodata value stored in the file (``None`` = use the file's).
+        nodata_min_size: side of the smallest square a nodata region must contain to count as missing data
+            (1 = every nodata-valued pixel is invalid, GDAL's per-pixel rule).
     """
 
     bands: tuple[int, ...] | None = None
@@ -49,6 +55,7 @@ class RasterConfig:
     percentiles: tuple[float, float] = (1.0, 99.0)
     stats_max_side: int = 1024
     nodata: float | None = None
+    nodata_min_size: int = 3
 
     def __post_init__(self) -> None:
         if self.bands is not None and (len(self.bands) != 3 or any(b < 1 for b in self.bands)):
@@ -58,6 +65,8 @@ class RasterConfig:
         lo, hi = self.percentiles
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.nodata_min_size < 1:
+            raise ValueError(f"nodata_min_size must be >= 1, got {self.nodata_min_size}")
         if self.stats_max_side < 16:
             raise ValueError(f"stats_max_side must be >= 16, got {self.stats_max_side}")
 
@@ -87,7 +96,8 @@ def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:
 class GeoRaster:
     """A GeoTIFF (or any GDAL raster) read as uint8 RGB with a validity mask and pixel-centre geometry.
 
-    The file is opened lazily and re-opened after pickling (each worker process gets its own handle).
+    The file is opened lazily, and re-opened after pickling or in a forked process (each data-loader worker gets its
+    own GDAL handle; a handle shared across ``fork`` would share its file offset).
 
     Args:
         path: raster file.
@@ -100,6 +110,7 @@ class GeoRaster:
         if not self.path.is_file():
             raise FileNotFoundError(f"raster {self.path} does not exist")
         self._ds = None
+        self._pid = os.getpid()
         self._stretch: np.ndarray | None = None
         ds = self._dataset()
         self.width: int = int(ds.width)
@@ -245,8 +256,21 @@ class GeoRaster:
         cx1, cy1 = min(self.width, x0 + width), min(self.height, y0 + height)
         if cx1 <= cx0 or cy1 <= cy0:
             return image, valid
-        raw = self._dataset().read(list(self.bands), window=Window(cx0, cy0, cx1 - cx0, cy1 - cy0))
-        inside = self._valid_from_raw(raw)
+        k = self.config.nodata_min_size
+        m = k if (self.nodata is not None and k > 1) else 0  # margin so that the opening is window-independent
+        ex0, ey0 = max(0, cx0 - m), max(0, cy0 - m)
+        ex1, ey1 = min(self.width, cx1 + m), min(self.height, cy1 + m)
+        raw = self._dataset().read(list(self.bands), window=Window(ex0, ey0, ex1 - ex0, ey1 - ey0))
+        nodata = ~self._valid_from_raw(raw)
+        if m:
+            # Outside the raster counts as nodata, so regions touching the raster edge keep their full extent.
+            ext = np.ones((cy1 - cy0 + 2 * m, cx1 - cx0 + 2 * m), dtype=np.uint8)
+            oy, ox = ey0 - (cy0 - m), ex0 - (cx0 - m)
+            ext[oy : oy + raw.shape[1], ox : ox + raw.shape[2]] = nodata
+            opened = cv2.morphologyEx(ext, cv2.MORPH_OPEN, np.ones((k, k), np.uint8), borderType=cv2.BORDER_REPLICATE)
+            nodata = opened[m:-m, m:-m].astype(bool)
+        raw = raw[:, cy0 - ey0 : cy1 - ey0, cx0 - ex0 : cx1 - ex0]
+        inside = ~nodata
         rgb = self._to_uint8(raw).transpose(1, 2, 0)
         rgb = np.where(inside[..., None], rgb, 0).astype(np.uint8)
         image[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = rgb

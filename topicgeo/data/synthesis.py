@@ -88,7 +88,7 @@ class QuerySynthesisConfig:
         if self.side_fraction_range is not None:
             lo, hi = self.side_fraction_range
             if not 0.0 < lo <= hi <= 1.0:
-                raise ValueError(f"side_fraction_range must satisfy 0 < low <= high <= 1, got {self.side_fraction_range}")
+                raise ValueError(f"side_fraction_range must be 0 < low <= high <= 1, got {self.side_fraction_range}")
         if self.side_sampling not in ("log_uniform", "uniform"):
             raise ValueError(f"side_sampling must be 'log_uniform' or 'uniform', got {self.side_sampling!r}")
         if not 0.0 <= self.corner_jitter < 0.5:
@@ -224,7 +224,9 @@ def sample_quad(
 # ---------------------------------------------------------------------------------------------------------------
 # Rendering, texture and colour
 # ---------------------------------------------------------------------------------------------------------------
-def texture_score(image: np.ndarray, valid: np.ndarray | None = None, flat_threshold: float = 8.0) -> tuple[float, float]:
+def texture_score(
+    image: np.ndarray, valid: np.ndarray | None = None, flat_threshold: float = 8.0
+) -> tuple[float, float]:
     """Texture of an RGB image: mean ``|Sobel x| + |Sobel y|`` on grey levels (0..255) and the flat-pixel fraction.
 
     Grey = ``cv2.cvtColor(RGB2GRAY)``; Sobel 3x3 (``cv2.Sobel``, float32). Only pixels whose 3x3 neighbourhood is
@@ -259,8 +261,8 @@ def render_query(reader: WindowReader, H_query_to_map: np.ndarray, size: int) ->
         ``image`` ``(size, size, 3)`` uint8 and ``valid`` ``(size, size)`` bool (all four bilinear taps valid).
     """
     quad = apply_homography(H_query_to_map, query_corners(size))
-    x0, y0 = (int(math.floor(v)) - 2 for v in quad.min(axis=0))
-    x1, y1 = (int(math.ceil(v)) + 2 for v in quad.max(axis=0))
+    x0, y0 = (math.floor(v) - 2 for v in quad.min(axis=0))
+    x1, y1 = (math.ceil(v) + 2 for v in quad.max(axis=0))
     img, valid = reader(x0, y0, x1 - x0 + 1, y1 - y0 + 1)
     shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
     M = shift @ H_query_to_map
@@ -274,7 +276,9 @@ def render_query(reader: WindowReader, H_query_to_map: np.ndarray, size: int) ->
     return out, ok
 
 
-def augment_colors(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, config: QuerySynthesisConfig) -> np.ndarray:
+def augment_colors(
+    image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, config: QuerySynthesisConfig
+) -> np.ndarray:
     """Colour jitter then Gaussian noise on a [0, 1] version of ``image``; invalid pixels stay black.
 
     Draw order: one ``rng.random()`` for colour, then (if applied) brightness, contrast, saturation and hue factors;
@@ -517,7 +521,7 @@ def evaluation_queries(
         else:
             limits = protocol.side_range
         if limits[1] > short:
-            raise ValueError(f"{protocol.name}: crop side up to {limits[1]:.0f} px does not fit {q_r.path} ({short} px)")
+            raise ValueError(f"{protocol.name}: crop side {limits[1]:.0f} px does not fit {q_r.path} ({short} px)")
         base = [seed, _stable_id(q_r.path.stem), _stable_id(m_r.path.stem)]
         kept = 0
         for k in range(protocol.max_attempts):

@@ -12,9 +12,11 @@ import math
 import torch
 from torch import nn
 
+from topicgeo.model.norms import FP32LayerNorm
+
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor | None) -> torch.Tensor:
-    """Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al.; LoFTR).
+    """Linear attention with phi(x) = elu(x) + 1 (Katharopoulos et al.; LoFTR), computed in fp32.
 
     Args:
         q: ``(B, L, H, D)`` queries. k, v: ``(B, S, H, D)``. kv_mask: ``(B, S)`` bool, True = valid source token.
@@ -22,8 +24,10 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask:
     Returns:
         ``(B, L, H, D)`` messages.
     """
-    q = torch.nn.functional.elu(q) + 1.0
-    k = torch.nn.functional.elu(k) + 1.0
+    out_dtype = v.dtype
+    q = torch.nn.functional.elu(q.float()) + 1.0
+    k = torch.nn.functional.elu(k.float()) + 1.0
+    v = v.float()
     if kv_mask is not None:
         m = kv_mask[:, :, None, None].to(k.dtype)
         k = k * m
@@ -32,7 +36,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask:
     v = v / s  # keeps the KV sum in a safe range for fp16
     kv = torch.einsum("bshd,bshv->bhdv", k, v)
     z = 1.0 / (torch.einsum("blhd,bhd->blh", q, k.sum(dim=1)) + 1e-6)
-    return torch.einsum("blhd,bhdv,blh->blhv", q, kv, z) * s
+    return (torch.einsum("blhd,bhdv,blh->blhv", q, kv, z) * s).to(out_dtype)
 
 
 def full_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor | None) -> torch.Tensor:
@@ -70,8 +74,8 @@ class EncoderLayer(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(2 * d_model, d_model, bias=False),
         )
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm1 = FP32LayerNorm(d_model)
+        self.norm2 = FP32LayerNorm(d_model)
 
     def forward(
         self, x: torch.Tensor, source: torch.Tensor, source_mask: torch.Tensor | None = None

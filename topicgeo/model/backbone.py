@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from topicgeo.config import BackboneConfig
+from topicgeo.model.norms import FP32GroupNorm
 
 
 def space_to_depth(image: torch.Tensor, block: int = 4) -> torch.Tensor:
@@ -21,7 +22,7 @@ def conv_gn(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int) -> n
     """Conv (no bias) + GroupNorm."""
     return nn.Sequential(
         nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.GroupNorm(groups, out_ch),
+        FP32GroupNorm(groups, out_ch),
     )
 
 
@@ -80,7 +81,7 @@ class ResNetFPN(nn.Module):
     def _smooth(channels: int, groups: int) -> nn.Sequential:
         return nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.GroupNorm(groups, channels),
+            FP32GroupNorm(groups, channels),
             nn.LeakyReLU(0.1, inplace=True),
         )
 

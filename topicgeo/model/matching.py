@@ -145,6 +145,7 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def child_index(parent: torch.Tensor, parent_grid_w: int, child: torch.Tensor, window: int = 4) -> torch.Tensor:
     """Flat child-grid index of child ``child`` (row-major in the window) of flat parent cell ``parent``."""
+    # ``//`` exports as integer Div/Mod; ``torch.div(..., rounding_mode=...)`` would go through float + Floor.
     pu, pv = parent % parent_grid_w, parent // parent_grid_w
     cu, cv = child % window, child // window
     return (pv * window + cv) * (parent_grid_w * window) + pu * window + cu
@@ -153,7 +154,7 @@ def child_index(parent: torch.Tensor, parent_grid_w: int, child: torch.Tensor, w
 def cell_center(index: torch.Tensor, grid_w: int, stride: int) -> torch.Tensor:
     """Pixel centre ``(..., 2)`` of flat cell indices at ``stride`` (centre ``s*u + (s-1)/2``)."""
     u = (index % grid_w).float()
-    v = torch.div(index, grid_w, rounding_mode="floor").float()
+    v = (index // grid_w).float()
     off = (stride - 1) / 2.0
     return torch.stack([u * stride + off, v * stride + off], dim=-1)
 

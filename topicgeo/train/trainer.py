@@ -99,6 +99,15 @@ def load_prompts_matrix(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.asarray(load_topic_embeddings(Path(path)).embeddings, dtype=np.float32))
 
 
+def topics_metadata(path: str | Path) -> dict[str, Any]:
+    """Prompt strings, encoder id, dimension and hash of a topics file (stored in checkpoints and bundles)."""
+    from export.topics import load_topic_embeddings
+
+    topics = load_topic_embeddings(Path(path))
+    return {"prompts": list(topics.prompts), "encoder_id": topics.encoder_id, "dim": int(topics.dim),
+            "sha256": topics.sha256}
+
+
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up from 0.1 to 1, then a factor ``gamma`` at each milestone."""
     if step < config.warmup_steps:
@@ -123,7 +132,7 @@ def data_manifest(dataset: Any) -> dict[str, Any]:
 
 def train(config: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last checkpoint."""
-    from topicgeo.data.pairs import build_training_dataset
+    from topicgeo.train.datasets import build_training_dataset
 
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
     rank = 0
@@ -157,6 +166,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     manifest = data_manifest(dataset)
+    topics = topics_metadata(config.topics)
     log_path = out / "log.csv"
     fields = ["step", "lr", "total", "coarse", "topic", "fine1", "fine2", "subpixel", "n_coarse_gt", "seconds"]
     if rank == 0 and not log_path.exists():
@@ -183,11 +193,11 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         scaler.update()
         if rank != 0:
             continue
-        bar.set_postfix(loss=f"{float(losses['total']):.3f}")
+        bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
         if (step + 1) % config.log_every == 0 or step == start:
             with log_path.open("a", newline="") as fh:
                 row = [step + 1, optimiser.param_groups[0]["lr"]]
-                row += [round(float(losses[k]), 5) for k in fields[2:-1]] + [round(time.time() - t0, 1)]
+                row += [round(float(losses[k].detach()), 5) for k in fields[2:-1]] + [round(time.time() - t0, 1)]
                 csv.writer(fh).writerow(row)
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
             extra = {
@@ -196,6 +206,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                 "step": step + 1,
                 "wall_seconds": time.time() - t0,
                 "data_manifest": manifest,
+                "topics": topics,
                 "prompt_sha256": prompt_hash(model.prompts),
             }
             save_checkpoint(last, model, extra)

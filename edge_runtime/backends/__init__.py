@@ -1,0 +1,112 @@
+"""Inference backends (ONNX Runtime, TensorRT) behind one interface, and their explicit selection."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from edge_runtime.backends.base import BackendError, InferenceBackend
+from edge_runtime.bundle import Bundle, safe_name
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BackendChoice", "BackendError", "BackendSelection", "InferenceBackend", "open_graph"]
+
+BackendName = Literal["onnxruntime", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What the vehicle asks for.
+
+    Attributes:
+        backend: ``tensorrt`` or ``onnxruntime``.
+        device: ``cpu`` or ``cuda`` for ONNX Runtime.
+        allow_fallback: when TensorRT cannot be used, fall back to ONNX Runtime (logged and reported) instead of
+            failing.
+        threads: ONNX Runtime intra-op threads (0 = library default).
+    """
+
+    backend: BackendName = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    allow_fallback: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("onnxruntime", "tensorrt"):
+            raise ValueError(f"backend must be 'onnxruntime' or 'tensorrt', got {self.backend!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
+
+
+@dataclass(frozen=True)
+class BackendSelection:
+    """The backend in use and, when it is not the one asked for, why (for logs and status messages)."""
+
+    backend: InferenceBackend
+    requested: str
+    degraded: bool
+    reason: str | None
+
+
+def _tensorrt_engine(bundle: Bundle, graph: str) -> tuple[str | None, str | None]:
+    """Path of an engine built for this GPU and TensorRT version, or None with the reason."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return None, "TensorRT is not installed"
+    import tensorrt as trt
+
+    engines = bundle.engines(graph)
+    if not engines:
+        why = bundle.manifest.get("engines_status", {}).get("reason", "the bundle has no engines")
+        return None, f"no TensorRT engine for {graph!r} in the bundle ({why})"
+    gpu = _gpu_name()
+    for entry in engines:
+        if entry.get("tensorrt") == trt.__version__ and (gpu is None or entry.get("gpu") == gpu):
+            return str(bundle.root / entry["file"]), None
+    built = [f"{e.get('gpu')} / TensorRT {e.get('tensorrt')}" for e in engines]
+    return None, f"engines of {graph!r} were built for {built}, this is {gpu} / TensorRT {trt.__version__}"
+
+
+def _gpu_name() -> str | None:
+    try:
+        import pycuda.autoinit  # noqa: F401
+        import pycuda.driver as cuda
+
+        return safe_name(str(cuda.Device(0).name()))
+    except Exception:  # no pycuda or no device: the name is unknown, not an error here
+        return None
+
+
+def open_graph(bundle: Bundle, graph: str, choice: BackendChoice) -> BackendSelection:
+    """Create the backend for one graph of a bundle, following ``choice`` and never degrading silently."""
+    entry = bundle.graphs[graph]
+    if choice.backend == "tensorrt":
+        plan, reason = _tensorrt_engine(bundle, graph)
+        if plan is not None:
+            from edge_runtime.backends.tensorrt_backend import TensorRTBackend
+
+            try:
+                backend = TensorRTBackend(plan, entry.inputs, entry.outputs, bundle.precision)
+                return BackendSelection(backend, "tensorrt", False, None)
+            except BackendError as exc:
+                reason = str(exc)
+        if not choice.allow_fallback:
+            raise BackendError(f"TensorRT requested for {graph!r} but unusable: {reason} (fallback not allowed)")
+        logger.warning("DEGRADED: %s: TensorRT unusable (%s); falling back to ONNX Runtime %s", graph, reason,
+                       choice.device)
+        backend = _onnxruntime(bundle, graph, choice)
+        return BackendSelection(backend, "tensorrt", True, reason)
+    return BackendSelection(_onnxruntime(bundle, graph, choice), "onnxruntime", False, None)
+
+
+def _onnxruntime(bundle: Bundle, graph: str, choice: BackendChoice) -> InferenceBackend:
+    from edge_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    entry = bundle.graphs[graph]
+    return OnnxRuntimeBackend(
+        bundle.onnx_path(graph), entry.inputs, entry.outputs, bundle.precision, choice.device, choice.threads
+    )

@@ -1,0 +1,1 @@
+"""Exporters: topic prompt embeddings (``export.topics``) and the network for deployment."""

@@ -1,0 +1,45 @@
+"""``edge-export``: model bundle export, and ``edge-export topics`` for prompt embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edge-export``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "topics":
+        from export.topics import main as topics_main
+
+        return topics_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="edge-export", description="Export a TopicGeo checkpoint into a versioned edge bundle "
+        "(ONNX FP32/FP16, TensorRT engines when available, topic embeddings, manifest). "
+        "'edge-export topics --help' encodes prompt embeddings.")
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--precision", default="fp16", help="fp16 or fp32")
+    parser.add_argument("--query-size", type=int, default=512)
+    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--out", type=Path, required=True, help="bundle folder to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument("--no-engines", action="store_true", help="do not try to build TensorRT engines")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from export.bundle_writer import ExportConfig, export_bundle
+
+    try:
+        config = ExportConfig(args.precision, args.query_size, args.tile_size, args.opset, not args.no_engines)
+        out = export_bundle(args.checkpoint, args.out, config, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"edge-export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"bundle written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training of the TopicGeo network: supervision labels, losses, the training loop."""

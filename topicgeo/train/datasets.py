@@ -1,0 +1,77 @@
+"""The training mixture: SJER cross-season plots and NAIP cross-year windows (splits in ``topicgeo/splits``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from topicgeo.data.pairs import PairConfig, PairDataset, TrainingPair, naip_sources, sjer_sources
+from topicgeo.data.synthesis import QuerySynthesisConfig
+
+SPLITS = Path(__file__).resolve().parent.parent / "splits"
+
+
+class MixedPairs:
+    """Interleaves several :class:`PairDataset` with integer weights (deterministic per index)."""
+
+    def __init__(self, parts: dict[str, PairDataset], weights: dict[str, int]) -> None:
+        if not parts or set(parts) != set(weights) or min(weights.values()) < 1:
+            raise ValueError("every part needs an integer weight >= 1")
+        self.parts = parts
+        self.weights = weights
+        self.schedule = [name for name, w in sorted(weights.items()) for _ in range(w)]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts.values())
+
+    def __getitem__(self, index: int) -> TrainingPair:
+        name = self.schedule[index % len(self.schedule)]
+        part = self.parts[name]
+        return part[(index // len(self.schedule)) % len(part)]
+
+    def describe(self) -> dict[str, Any]:
+        """Sources, dates and sampling parameters (stored in checkpoints as the data manifest)."""
+        return {
+            name: {
+                "weight": self.weights[name],
+                "sources": [
+                    {"map_id": s.map_id, "rasters": [p.name for p in s.rasters], "pairs": [list(p) for p in s.pairs()]}
+                    for s in part.sources
+                ],
+                "config": dataclasses.asdict(part.config),
+            }
+            for name, part in self.parts.items()
+        }
+
+
+def build_training_dataset(
+    sjer_root: str | None = None,
+    sjer_split: str = str(SPLITS / "sjer_train.txt"),
+    naip_root: str | None = None,
+    naip_split: str = str(SPLITS / "naip.json"),
+    query_size: int = 512,
+    ref_size: int = 512,
+    sjer_weight: int = 1,
+    naip_weight: int = 1,
+    samples_per_epoch: int = 10_000,
+    seed: int = 0,
+) -> MixedPairs:
+    """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``."""
+    parts: dict[str, PairDataset] = {}
+    weights: dict[str, int] = {}
+    if sjer_root:
+        synth = QuerySynthesisConfig(query_size=query_size, side_fraction_range=(0.4, 0.95))
+        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
+        parts["sjer"] = PairDataset(sjer_sources(sjer_root, sjer_split), cfg, seed=seed, length=samples_per_epoch)
+        weights["sjer"] = sjer_weight
+    if naip_root:
+        synth = QuerySynthesisConfig(query_size=query_size, side_range=(90.0, 400.0), side_fraction_range=None)
+        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
+        parts["naip"] = PairDataset(
+            naip_sources(naip_root, naip_split, "train"), cfg, seed=seed + 1, length=samples_per_epoch
+        )
+        weights["naip"] = naip_weight
+    if not parts:
+        raise ValueError("build_training_dataset needs sjer_root and/or naip_root")
+    return MixedPairs(parts, weights)
