@@ -119,12 +119,21 @@ def ground_sample_distance(transform: Sequence[float], crs_wkt: str | None, widt
     return gsd
 
 
+def transform_points(transformer: Any, points: np.ndarray) -> np.ndarray:
+    """Apply a pyproj ``Transformer`` to ``(N, 2)`` points; returns ``(N, 2)`` float64 for any ``N`` (also 1)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    if len(pts) == 1:  # pyproj treats a 1-element array as a scalar point (deprecated numpy conversion)
+        return np.array(list(transformer.itransform(pts.tolist())), dtype=np.float64).reshape(1, 2)
+    x, y = transformer.transform(pts[:, 0], pts[:, 1])
+    return np.stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)], axis=1)
+
+
 def _to_lonlat(crs: Any, points: np.ndarray) -> np.ndarray:
     from pyproj import Transformer
 
-    tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = tr.transform(points[:, 0], points[:, 1])
-    return np.stack([np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)], axis=1)
+    return transform_points(Transformer.from_crs(crs, "EPSG:4326", always_xy=True), points)
 
 
 @dataclass(frozen=True)
@@ -202,9 +211,7 @@ class MapGeoref:
         Raises:
             MapCacheError: the map has no CRS.
         """
-        world = self.pixels_to_world(points)
-        lon, lat = self._transformers[0].transform(world[:, 0], world[:, 1])
-        return np.stack([np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)], axis=1)
+        return transform_points(self._transformers[0], self.pixels_to_world(points))
 
     def lonlat_to_pixels(self, lonlat: np.ndarray) -> np.ndarray:
         """``(N, 2)`` WGS84 ``(lon, lat)`` degrees -> ``(N, 2)`` float64 pixel coordinates.
@@ -212,9 +219,7 @@ class MapGeoref:
         Raises:
             MapCacheError: the map has no CRS.
         """
-        pts = np.asarray(lonlat, dtype=np.float64).reshape(-1, 2)
-        x, y = self._transformers[1].transform(pts[:, 0], pts[:, 1])
-        return self.world_to_pixels(np.stack([np.asarray(x), np.asarray(y)], axis=1))
+        return self.world_to_pixels(transform_points(self._transformers[1], lonlat))
 
     def to_dict(self) -> dict[str, Any]:
         """Manifest entry."""

@@ -17,6 +17,7 @@ class Priors:
         roll_deg, pitch_deg, yaw_deg: camera attitude (calibration.geometry convention: NED, yaw clockwise from north,
             nadir camera with the image top to the north = (0, 0, 0)).
         capture_time: capture time, seconds since the Unix epoch (UTC).
+        frame_gsd_m: ground sampling distance of the frame in metres per pixel, when known directly.
         source: where the priors came from (``exif``, ``mqtt``, ``mavlink``, ``none``).
     """
 
@@ -25,11 +26,14 @@ class Priors:
     pitch_deg: float | None = None
     yaw_deg: float | None = None
     capture_time: float | None = None
+    frame_gsd_m: float | None = None
     source: str = "none"
 
     def __post_init__(self) -> None:
         if self.altitude_agl_m is not None and not (np.isfinite(self.altitude_agl_m) and self.altitude_agl_m > 0):
             raise ValueError(f"altitude_agl_m must be a positive finite number, got {self.altitude_agl_m}")
+        if self.frame_gsd_m is not None and not (np.isfinite(self.frame_gsd_m) and self.frame_gsd_m > 0):
+            raise ValueError(f"frame_gsd_m must be a positive finite number, got {self.frame_gsd_m}")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,7 @@ ExecutorName = Literal["local", "ray"]
 TileCallback = Callable[[str, int], None]
 _MAP_ID = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$")
 _GSD_AGREEMENT = 0.02
+_FILE_MODE = 0o644
 
 
 class MapsError(ValueError):
@@ -523,6 +524,8 @@ def _finish(work: Path, out: Path, doc: dict, plans: Sequence[MapPlan], overwrit
         del valid
     manifest = {**doc, "maps": records, "files": files}
     atomic_write_bytes(cache / MANIFEST, json.dumps(manifest, indent=2).encode())
+    for path in [cache / MANIFEST, *(cache / rel for rel in files)]:
+        path.chmod(_FILE_MODE)  # temp files are created 0600; the vehicle's service user must read the cache
     if out.exists() and not overwrite:
         raise MapsError(f"{out} appeared during the build; the finished cache stays in {cache}")
     _replace_dir(cache, out)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_runtime.viz import draw_matches, write_rgb_png
 from topicgeo.checkpoint import load_model
 from topicgeo.data.raster import GeoRaster
 from topicgeo.data.synthesis import SJER_PROTOCOL, evaluation_queries
@@ -29,7 +30,6 @@ from topicgeo.eval.evaluate import (
     summarize,
     to_tensor,
 )
-from topicgeo.viz import draw_matches, write_rgb_png
 
 logger = logging.getLogger(__name__)
 

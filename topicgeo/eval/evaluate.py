@@ -20,7 +20,14 @@ import torch
 from tqdm import tqdm
 
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
-from edge_runtime.numerics.geometry import estimate_homography, footprint, project_points, quad_contains, quad_iou
+from edge_runtime.numerics.geometry import (
+    estimate_homography,
+    footprint,
+    is_convex_quad,
+    project_points,
+    quad_contains,
+    quad_iou,
+)
 from edge_runtime.numerics.grid import cell_centers
 from edge_runtime.numerics.matching import matches_from_mask, mknn_mask
 from topicgeo.config import COARSE_STRIDE
@@ -153,7 +160,12 @@ def evaluate_topicgeo(
             h, w = q.image.shape[:2]
             enc_q = model.encode(to_tensor(q.image))
             scores = {mid: coarse_candidate_score(model, enc_q, enc, config)[0] for mid, enc in encoded.items()}
-            ranking = sorted(scores, key=lambda k: -scores[k])
+            # Only candidates with evidence are ranked: ties at zero must not count as retrievals.
+            ranking = sorted((k for k in scores if scores[k] > 0), key=lambda k: -scores[k])
+            if not ranking:
+                outcomes.append(_score(q, [], None, None, 0, "no candidate with a positive retrieval score",
+                                       time.perf_counter() - t0, len(gallery)))
+                continue
             best = ranking[0]
             quad, inliers, reason, _ = locate_on_map(model, enc_q, encoded[best], (w, h), config)
             outcomes.append(_score(q, ranking, best, quad, inliers, reason, time.perf_counter() - t0, len(gallery)))
@@ -170,8 +182,8 @@ def _score(
     if n_maps > 1:
         correct = best == q.map_id
     else:
-        correct = best == q.map_id and quad is not None and quad_contains(quad, centre)
-    iou = quad_iou(quad, truth) if (correct and quad is not None) else 0.0
+        correct = best == q.map_id and quad is not None and is_convex_quad(quad) and quad_contains(quad, centre)
+    iou = quad_iou(quad, truth) if (correct and quad is not None and is_convex_quad(quad)) else 0.0
     return QueryOutcome(q.query_id, q.map_id, ranking, best, quad, bool(correct), float(iou), inliers, seconds, reason)
 
 
@@ -217,9 +229,9 @@ def evaluate_sift(queries: list[EvalQuery], gallery: list[GalleryMap]) -> list[Q
         h, w = q.image.shape[:2]
         fq = sift.features(q.image)
         results = {mid: sift.match(fq, f, (w, h)) for mid, f in feats.items()}
-        ranking = sorted(results, key=lambda k: -results[k][1])
-        best = ranking[0]
-        H, inliers = results[best]
+        ranking = sorted((k for k in results if results[k][1] > 0), key=lambda k: -results[k][1])
+        best = ranking[0] if ranking else None
+        H, inliers = results[best] if best is not None else (None, 0)
         quad = None if H is None else footprint(H, w, h)
         reason = None if H is not None else "no homography"
         outcomes.append(_score(q, ranking, best, quad, inliers, reason, time.perf_counter() - t0, len(gallery)))

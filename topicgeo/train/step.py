@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from topicgeo.train.labels import aca_coarse_labels, aca_fine_labels
 
 from topicgeo.config import COARSE_STRIDE, FINE1_STRIDE, FINE2_STRIDE
 from topicgeo.model.matching import child_index
 from topicgeo.model.topicgeo import TopicGeo
+from topicgeo.train.labels import aca_coarse_labels, aca_fine_labels
 from topicgeo.train.losses import LossConfig, fine_loss, focal_loss, subpixel_loss, topic_loss
 
 

@@ -1,0 +1,169 @@
+"""``edge-locate``: the offline face of the onboard locator (one JSON object per image with ``--json``).
+
+Contract (benchmarks rely on it): ``image``, ``ok``, and when ok ``map_id``, ``footprint_px`` (the image corners
+(0,0), (w,0), (w,h), (0,h) in that map's pixel grid), ``lat``, ``lon``, ``heading_deg``, ``confidence``,
+``inliers``, ``latency_ms`` (per stage and ``total``); when not ok, ``reason``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.backends import BackendChoice
+from edge_runtime.locator import Locator, LocatorConfig, LocatorError
+from edge_runtime.types import LocateResult, Priors
+
+logger = logging.getLogger(__name__)
+
+
+class FrameError(ValueError):
+    """An image file that cannot be read as a frame."""
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB (raises :class:`FrameError` naming the file)."""
+    if not path.is_file():
+        raise FrameError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise FrameError(f"image file is empty: {path}")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FrameError(f"cannot decode image {path} (corrupt or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | None, gsd: float | None,
+                 use_exif: bool = True) -> tuple[Priors, Any]:
+    """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present."""
+    camera = None
+    meta = None
+    if use_exif and path.suffix.lower() in (".jpg", ".jpeg"):
+        try:
+            from calibration.exif import camera_from_metadata, read_metadata
+
+            meta = read_metadata(path)
+            camera = camera_from_metadata(meta)
+        except Exception as exc:  # no usable EXIF: the frame is still located, without those priors
+            logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
+    if camera is not None and camera.size != (frame_shape[1], frame_shape[0]):
+        camera = camera.scaled(frame_shape[1], frame_shape[0])
+    alt = altitude if altitude is not None else (meta.relative_altitude_m if meta is not None else None)
+    capture = meta.capture_time.timestamp() if meta is not None and meta.capture_time is not None else None
+    return Priors(altitude_agl_m=alt if alt and alt > 0 else None, frame_gsd_m=gsd, capture_time=capture,
+                  yaw_deg=meta.gimbal_yaw_deg if meta is not None else None,
+                  source="exif" if meta is not None else "none"), camera
+
+
+def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
+    """The ``--json`` record of one frame."""
+    out: dict[str, Any] = {"image": str(image), "ok": result.ok}
+    if result.ok:
+        out.update({
+            "map_id": result.map_id,
+            "footprint_px": np.round(np.asarray(result.footprint_px), 3).tolist(),
+            "lat": result.lat, "lon": result.lon,
+            "heading_deg": round(float(result.heading_deg), 3),
+            "altitude_agl_m": None if result.altitude_agl_m is None else round(result.altitude_agl_m, 2),
+            "std_m": None if result.std_m is None else [round(v, 3) for v in result.std_m],
+        })
+    else:
+        out["reason"] = result.reason
+        if result.map_id:
+            out["map_id"] = result.map_id
+    out.update({"confidence": round(float(result.confidence), 4), "inliers": int(result.inliers),
+                "latency_ms": result.latency_ms, "backend": result.backend, "precision": result.precision,
+                "degraded": result.degraded})
+    return out
+
+
+def write_viz(path: Path, frame: np.ndarray, result: LocateResult, locator: Locator) -> None:
+    """Matches between the frame and the map region, and the footprint on the map."""
+    from edge_runtime.viz import draw_matches, write_rgb_png
+
+    if not result.ok:
+        return
+    quad = np.asarray(result.footprint_px)
+    pad = 40
+    x0, y0 = np.floor(quad.min(axis=0)).astype(int) - pad
+    x1, y1 = np.ceil(quad.max(axis=0)).astype(int) + pad
+    region, _ = locator.cache.map(result.map_id).read_roi(int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+    in_f, in_r = result.extra.get("matches", (np.zeros((0, 2)), np.zeros((0, 2))))
+    scale = 512.0 / max(frame.shape[:2])
+    small = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)))
+    picture = draw_matches(small, region, np.asarray(in_f) * scale, np.asarray(in_r) - (x0, y0),
+                           footprint_pred=quad - (x0, y0), title=f"{result.map_id} {result.lat:.6f},{result.lon:.6f}")
+    write_rgb_png(str(path), picture)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edge-locate``."""
+    parser = argparse.ArgumentParser(prog="edge-locate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, required=True)
+    parser.add_argument("--calibration", type=Path, help="ROS camera_info YAML of the camera")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--altitude", type=float, help="altitude above ground in metres (overrides EXIF)")
+    group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
+    parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    parser.add_argument("--allow-fallback", action="store_true", help="fall back to ONNX Runtime if TensorRT fails")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    parser.add_argument("--viz", type=Path, help="write a picture per frame into this folder")
+    parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    camera = None
+    if args.calibration:
+        from calibration.camera_info import read_camera_info
+
+        camera = read_camera_info(args.calibration)
+    config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
+                           verify=not args.no_verify)
+    t0 = time.perf_counter()
+    try:
+        locator = Locator.open(args.bundle, args.cache, config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edge-locate: error: {exc}", file=sys.stderr)
+        return 2
+    if args.viz:
+        args.viz.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for image in args.images:
+        try:
+            frame = read_frame(image)
+            priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif)
+            cam = camera if camera is not None else exif_camera
+            if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
+                cam = cam.scaled(frame.shape[1], frame.shape[0])
+            result = locator.locate(frame, priors, cam)
+        except (FrameError, LocatorError, ValueError) as exc:
+            result = LocateResult.failure(f"bad input: {exc}")
+        failures += not result.ok
+        record = result_json(image, result)
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            where = f"{result.lat:.7f}, {result.lon:.7f} on {result.map_id}" if result.ok else result.reason
+            print(f"{image.name}: {where} ({result.latency_ms.get('total', 0):.0f} ms)", flush=True)
+        if args.viz and result.ok:
+            write_viz(args.viz / f"{image.stem}.png", frame, result, locator)
+    logger.info("%d images in %.1f s", len(args.images), time.perf_counter() - t0)
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,459 @@
+"""The locator: one camera frame -> a geo pose on the cached maps (torch-free; ONNX Runtime or TensorRT).
+
+Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
+
+1. ``prepare``: undistort (calibration), bring the frame to the working scale from the altitude prior and the
+   intrinsics, place it on the square query canvas (padding = invalid cells). Without an altitude prior a few content
+   scales are searched.
+2. ``encode_query``: the exported query encoder.
+3. ``retrieval``: dual-softmax + mutual nearest neighbours between the query's topic features and every cached tile of
+   every map at once (one batched matrix product), a shortlist by match mass, then the geometric-consistency
+   confidence on the shortlist. A temporal prior searches near the last good fix first and widens to all maps when
+   the confidence drops.
+4. ``read_roi`` + ``encode_roi``: the region of interest around the retrieved location, read (windowed) from the
+   original raster and encoded with the tile encoder.
+5. ``coarse_match`` + ``fine_match``: MKNN coarse matches and the exported multi-level fine matcher.
+6. ``homography``: MAGSAC; then the pose (WGS84 via pyproj, map coordinates, heading, altitude, footprint,
+   uncertainty). A frame that fails any check gets a reason, never a guessed pose.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime.backends import BackendChoice, BackendSelection, open_graph
+from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.map_cache import MapCache, open_map_cache
+from edge_runtime.numerics.coarse import CoarseMatchConfig, coarse_matches
+from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
+from edge_runtime.numerics.geometry import estimate_homography, footprint, is_convex_quad, project_points
+from edge_runtime.numerics.grid import cell_centers
+from edge_runtime.types import LocateResult, Priors
+
+logger = logging.getLogger(__name__)
+
+
+class LocatorError(ValueError):
+    """A locator that cannot be opened (bundle / cache mismatch, bad config) or a frame that is not an image."""
+
+
+@dataclass(frozen=True)
+class LocatorConfig:
+    """Locator parameters.
+
+    Attributes:
+        backend: inference backend choice (ONNX Runtime CPU by default; TensorRT with explicit fallback).
+        content_scales: fractions of the query side the frame content is fitted to when no altitude is known.
+        target_ratio: wanted query/map scale ratio when the altitude is known (the network is trained on ~1.3-5x).
+        shortlist: tiles scored with the geometric-consistency confidence after the batched MNN pass.
+        consistency: geometric-consistency parameters (method.md §8, reading A by default).
+        min_confidence: retrieval confidence below which a frame is not located.
+        min_inliers: homography inliers below which a frame is not located.
+        homography_threshold_px: MAGSAC threshold in map pixels.
+        max_scale_error: with an altitude prior, the found scale may differ by at most this factor.
+        prior_radius_m: the temporal prior searches tiles within this distance of the last fix first.
+        verify: verify bundle and cache hashes when opening.
+    """
+
+    backend: BackendChoice = field(default_factory=BackendChoice)
+    content_scales: tuple[float, ...] = (1.0, 0.5)
+    target_ratio: float = 2.0
+    shortlist: int = 8
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    min_confidence: float = 0.01
+    min_inliers: int = 12
+    homography_threshold_px: float = 4.0
+    max_scale_error: float = 2.0
+    prior_radius_m: float = 150.0
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.content_scales or any(not 0.1 <= s <= 1.0 for s in self.content_scales):
+            raise ValueError(f"content_scales must lie in [0.1, 1], got {self.content_scales}")
+        if self.target_ratio <= 0 or self.shortlist < 1 or self.min_inliers < 4:
+            raise ValueError("target_ratio > 0, shortlist >= 1 and min_inliers >= 4 are required")
+        if self.homography_threshold_px <= 0 or self.max_scale_error < 1 or self.prior_radius_m <= 0:
+            raise ValueError("homography_threshold_px > 0, max_scale_error >= 1, prior_radius_m > 0 are required")
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A frame on the query canvas.
+
+    Attributes:
+        canvas: ``(S, S, 3)`` uint8. cell_valid: ``(Nq,)`` bool. frame_to_canvas: ``(3, 3)`` frame px -> canvas px.
+        scale: canvas pixels per frame pixel.
+    """
+
+    canvas: np.ndarray
+    cell_valid: np.ndarray
+    frame_to_canvas: np.ndarray
+    scale: float
+
+
+def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 64) -> PreparedQuery:
+    """Resize ``frame (H, W, 3)`` so its long side is ``content_px`` and centre it on a ``size x size`` canvas."""
+    h, w = frame.shape[:2]
+    s = min(content_px, size) / max(h, w)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    x0, y0 = (size - nw) // 2, (size - nh) // 2
+    canvas = np.zeros((size, size, 3), np.uint8)
+    canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
+    valid = np.zeros((size, size), np.float32)
+    valid[y0 : y0 + nh, x0 : x0 + nw] = 1.0
+    cells = valid.reshape(size // cell, cell, size // cell, cell).mean(axis=(1, 3)).ravel() >= 0.5
+    sx, sy = nw / w, nh / h
+    # frame pixel centres -> canvas pixel centres (pixel-centre convention): x' = (x + 0.5) * s - 0.5 + x0
+    T = np.array([[sx, 0, 0.5 * sx - 0.5 + x0], [0, sy, 0.5 * sy - 0.5 + y0], [0, 0, 1]], dtype=np.float64)
+    return PreparedQuery(canvas, cells, T, float(np.sqrt(sx * sy)))
+
+
+@dataclass
+class _TileIndex:
+    """All cached tiles of all maps stacked for batched retrieval."""
+
+    features: np.ndarray  # (T, N, C) float32
+    valid: np.ndarray  # (T, N) bool
+    map_ids: list[str]  # per tile
+    tiles: np.ndarray  # (T,) tile index inside its map
+    centres_px: np.ndarray  # (T, 2) tile centre in its map's pixels
+
+
+class Locator:
+    """Frame -> pose on the maps of a cache. Open with :meth:`open`."""
+
+    def __init__(self, bundle: Bundle, cache: MapCache, config: LocatorConfig, camera: Any = None) -> None:
+        self.bundle = bundle
+        self.cache = cache
+        self.config = config
+        self.camera = camera
+        self.query_size = bundle.query_size
+        self.tile_size = bundle.tile_size
+        self.cell = int(bundle.manifest["coarse_stride"])
+        self.grid_q = (self.query_size // self.cell, self.query_size // self.cell)
+        self.grid_t = (self.tile_size // self.cell, self.tile_size // self.cell)
+        model_cfg = bundle.model_config
+        self.coarse_config = CoarseMatchConfig.from_model_config(model_cfg)
+        self.retrieval_config = replace(self.coarse_config, k=0)
+        self.selections: dict[str, BackendSelection] = {
+            g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
+        }
+        self.index = self._stack_tiles()
+        self.last_fix: tuple[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open(
+        cls, bundle_dir: str | Path, cache_dir: str | Path, config: LocatorConfig | None = None,
+        camera: Any = None,
+    ) -> Locator:
+        """Open (and verify) a bundle and a map cache built with it."""
+        config = config or LocatorConfig()
+        bundle = open_bundle(bundle_dir, verify=config.verify)
+        cache = open_map_cache(cache_dir, bundle=bundle, verify=config.verify)
+        return cls(bundle, cache, config, camera)
+
+    def _stack_tiles(self) -> _TileIndex:
+        feats, valid, ids, tiles, centres = [], [], [], [], []
+        for map_id, entry in self.cache.maps.items():
+            keep = entry.encoded_tiles()
+            if entry.grid.tile_size != self.tile_size:
+                raise LocatorError(f"map {map_id!r} was tiled at {entry.grid.tile_size} px, the bundle's tile is "
+                                   f"{self.tile_size} px")
+            feats.append(np.asarray(entry.coarse[keep], dtype=np.float32))
+            valid.append(np.asarray(entry.cell_valid[keep], dtype=bool))
+            ids.extend([map_id] * len(keep))
+            tiles.append(keep)
+            centres.append(entry.origins[keep].astype(np.float64) + (self.tile_size - 1) / 2.0)
+        if not ids:
+            raise LocatorError(f"cache {self.cache.root} holds no encoded tile")
+        return _TileIndex(np.concatenate(feats), np.concatenate(valid), ids, np.concatenate(tiles),
+                          np.concatenate(centres))
+
+    @property
+    def backend_status(self) -> dict[str, Any]:
+        """Backend in use, precision and whether (and why) it is degraded."""
+        sel = self.selections["encoder_query"]
+        degraded = [s for s in self.selections.values() if s.degraded]
+        return {
+            "backend": sel.backend.name, "device": sel.backend.device, "precision": sel.backend.precision,
+            "requested": sel.requested, "degraded": bool(degraded),
+            "reason": "; ".join(str(s.reason) for s in degraded) or None,
+        }
+
+    def warmup(self) -> None:
+        """Run every graph once (first-run allocations, engine deserialisation) on blank inputs."""
+        blank = np.zeros((self.query_size, self.query_size, 3), np.uint8)
+        enc = self._encode("encoder_query", blank, np.ones(self.grid_q[0] * self.grid_q[1], bool))
+        tile = self._encode("encoder_tile", np.zeros((self.tile_size, self.tile_size, 3), np.uint8),
+                            np.ones(self.grid_t[0] * self.grid_t[1], bool))
+        m = self.coarse_config.max_matches
+        self._fine(enc, tile, np.zeros(m, np.int64), np.zeros(m, np.int64), np.zeros(m, bool))
+
+    # ------------------------------------------------------------------ inference helpers
+    def _encode(self, graph: str, image: np.ndarray, cell_valid: np.ndarray) -> dict[str, np.ndarray]:
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
+        return self.selections[graph].backend.run({"image": chw, "cell_valid": cell_valid[None]})
+
+    def _fine(self, enc_q: dict, enc_r: dict, iq: np.ndarray, ir: np.ndarray, valid: np.ndarray) -> dict:
+        feeds = {"fine1_q": enc_q["fine1"], "fine2_q": enc_q["fine2"], "fine1_r": enc_r["fine1"],
+                 "fine2_r": enc_r["fine2"], "idx_q": iq[None], "idx_r": ir[None], "match_valid": valid[None]}
+        return self.selections["fine_matcher"].backend.run(feeds)
+
+    # ------------------------------------------------------------------ retrieval
+    def _candidate_tiles(self) -> np.ndarray:
+        """Tiles near the last fix (temporal prior), or all tiles."""
+        if self.last_fix is None:
+            return np.arange(len(self.index.map_ids))
+        map_id, xy = self.last_fix
+        gsd = self.cache.map(map_id).georef.gsd_m
+        radius_px = self.config.prior_radius_m / gsd + self.tile_size / 2
+        same = np.array([m == map_id for m in self.index.map_ids])
+        near = np.linalg.norm(self.index.centres_px - xy, axis=1) <= radius_px
+        return np.flatnonzero(same & near)
+
+    def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, tiles: np.ndarray) -> list[dict[str, Any]]:
+        """Score ``tiles`` (indices into the stacked index) for query features ``(Nq, C)``; best first."""
+        cfg = self.retrieval_config
+        q = coarse_q.astype(np.float32)
+        feats = self.index.features[tiles]
+        valid = self.index.valid[tiles]
+        sim = np.einsum("qc,tnc->tqn", q, feats) / q.shape[1]
+        pair = valid_q[None, :, None] & valid[:, None, :]
+        logits = np.where(pair, sim / cfg.temperature, -1e9).astype(np.float32)
+        logits -= logits.max(axis=(1, 2), keepdims=True)
+        e1 = np.exp(logits - logits.max(axis=2, keepdims=True))
+        e2 = np.exp(logits - logits.max(axis=1, keepdims=True))
+        conf = (e1 / e1.sum(axis=2, keepdims=True)) * (e2 / e2.sum(axis=1, keepdims=True)) * pair
+        best_r = conf.argmax(axis=2)  # (T, Nq)
+        best_q = conf.argmax(axis=1)  # (T, N)
+        rows = np.arange(conf.shape[1])
+        mutual = np.take_along_axis(best_q, best_r, axis=1) == rows[None]
+        score_r = np.take_along_axis(conf, best_r[:, :, None], axis=2)[:, :, 0]
+        mnn = mutual & (score_r > cfg.threshold) & valid_q[None]
+        mass = (score_r * mnn).sum(axis=1)
+        order = np.argsort(-mass)[: self.config.shortlist]
+        q_centres = cell_centers(*self.grid_q, self.cell)
+        g = self.grid_t[0]
+        t_centres = cell_centers(g, g, self.cell)
+        out = []
+        for k in order:
+            if mass[k] <= 0:
+                continue
+            iq = np.flatnonzero(mnn[k])
+            ir = best_r[k, iq]
+            t = int(tiles[k])
+            origin = self.index.centres_px[t] - (self.tile_size - 1) / 2.0
+            pts_q = q_centres[iq]
+            pts_r = t_centres[ir] + origin
+            res = geometric_consistency(pts_q, pts_r, int(valid_q.sum()), self.config.consistency)
+            out.append({"tile": t, "map_id": self.index.map_ids[t], "score": float(res.score),
+                        "matches": len(iq), "scale": float(res.scale), "angle": float(res.angle),
+                        "pts_q": pts_q[res.inliers], "pts_r": pts_r[res.inliers]})
+        out.sort(key=lambda c: -c["score"])
+        return out
+
+    # ------------------------------------------------------------------ locate
+    def expected_content_px(self, frame_shape: tuple[int, int], priors: Priors, camera: Any) -> float | None:
+        """Long side of the frame's footprint in map pixels (nadir, flat ground), when altitude and intrinsics exist."""
+        if priors.frame_gsd_m is None and (priors.altitude_agl_m is None or camera is None):
+            return None
+        gsds = {round(m.georef.gsd_m, 6) for m in self.cache.maps.values()}
+        if len(gsds) != 1:
+            logger.debug("maps have several GSDs %s; the scale prior uses the first", sorted(gsds))
+        map_gsd = next(iter(sorted(gsds)))
+        if priors.frame_gsd_m is not None:
+            frame_gsd = priors.frame_gsd_m
+        else:
+            frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
+        return max(frame_shape) * frame_gsd / map_gsd
+
+    def locate(self, frame: np.ndarray, priors: Priors | None = None, camera: Any = None) -> LocateResult:
+        """Locate an RGB frame ``(H, W, 3)`` uint8; ``camera`` overrides the default one."""
+        priors = priors or Priors()
+        camera = camera if camera is not None else self.camera
+        t0 = time.perf_counter()
+        lat: dict[str, float] = {}
+        status = self.backend_status
+        common = {"backend": status["backend"], "precision": status["precision"], "degraded": status["degraded"],
+                  "capture_time": priors.capture_time}
+        frame = self._check_frame(frame)
+        if camera is not None and camera.size != (frame.shape[1], frame.shape[0]):
+            raise LocatorError(
+                f"camera calibration is for {camera.size}, the frame is {frame.shape[1]}x{frame.shape[0]}"
+            )
+        if camera is not None and np.any(np.asarray(camera.D) != 0):
+            from calibration.geometry import undistort_image
+
+            frame = undistort_image(frame, camera)
+        expected = self.expected_content_px(frame.shape[:2], priors, camera)
+        if expected is not None:
+            contents = [min(self.query_size, self.config.target_ratio * expected)]
+        else:
+            contents = [s * self.query_size for s in self.config.content_scales]
+        lat["prepare"] = _ms(t0)
+
+        best: tuple[float, PreparedQuery, dict, list[dict]] | None = None
+        widened = False
+        for content in contents:
+            t = time.perf_counter()
+            prep = prepare_query(frame, self.query_size, content, self.cell)
+            enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
+            lat["encode_query"] = lat.get("encode_query", 0.0) + _ms(t)
+            t = time.perf_counter()
+            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, self._candidate_tiles())
+            if self.last_fix is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
+                widened = True
+                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, np.arange(len(self.index.map_ids)))
+            lat["retrieval"] = lat.get("retrieval", 0.0) + _ms(t)
+            if cands and (best is None or cands[0]["score"] > best[0]):
+                best = (cands[0]["score"], prep, enc, cands)
+        if best is None or best[0] < self.config.min_confidence:
+            score = 0.0 if best is None else best[0]
+            lat["total"] = _ms(t0)
+            return LocateResult.failure(f"no map region matches (retrieval confidence {score:.3f} < "
+                                        f"{self.config.min_confidence})", confidence=score, latency_ms=lat, **common)
+        score, prep, enc_q, cands = best
+        top = cands[0]
+        result = self._fine_stage(frame, prep, enc_q, top, priors, camera, expected, lat, t0, common)
+        if result.ok:
+            self.last_fix = (result.map_id, np.asarray(result.extra["centre_px"]))
+        elif self.last_fix is not None:
+            self.last_fix = None  # widen to all maps on the next frame
+        result.extra.update({"widened": widened, "candidates": [
+            {k: c[k] for k in ("map_id", "tile", "score", "matches")} for c in cands[:3]]})
+        return result
+
+    def _check_frame(self, frame: np.ndarray) -> np.ndarray:
+        arr = np.asarray(frame)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise LocatorError(f"a frame must be an (H, W, 3) uint8 RGB image, got {arr.shape} {arr.dtype}")
+        if min(arr.shape[:2]) < 32:
+            raise LocatorError(f"frame of {arr.shape[1]}x{arr.shape[0]} px is too small")
+        return arr
+
+    def _roi_origin(self, map_id: str, top: dict[str, Any]) -> tuple[int, int]:
+        """ROI of tile size centred on the retrieval inliers, kept inside the map where it fits."""
+        entry = self.cache.map(map_id)
+        centre = np.median(top["pts_r"], axis=0) if len(top["pts_r"]) else self.index.centres_px[top["tile"]]
+        half = self.tile_size / 2.0
+        x0 = round(float(centre[0]) - half)
+        y0 = round(float(centre[1]) - half)
+        w, h = entry.georef.width, entry.georef.height
+        x0 = min(max(x0, 0), max(w - self.tile_size, 0)) if w >= self.tile_size else (w - self.tile_size) // 2
+        y0 = min(max(y0, 0), max(h - self.tile_size, 0)) if h >= self.tile_size else (h - self.tile_size) // 2
+        return x0, y0
+
+    def _fine_stage(self, frame: np.ndarray, prep: PreparedQuery, enc_q: dict, top: dict, priors: Priors,
+                    camera: Any, expected: float | None, lat: dict[str, float], t0: float,
+                    common: dict) -> LocateResult:
+        map_id = top["map_id"]
+        entry = self.cache.map(map_id)
+        t = time.perf_counter()
+        x0, y0 = self._roi_origin(map_id, top)
+        roi, roi_valid = entry.read_roi(x0, y0, self.tile_size, self.tile_size)
+        lat["read_roi"] = _ms(t)
+        t = time.perf_counter()
+        g = self.grid_t[0]
+        roi_cells = roi_valid.reshape(g, self.cell, g, self.cell).mean(axis=(1, 3)).ravel() >= 0.5
+        enc_r = self._encode("encoder_tile", roi, roi_cells)
+        lat["encode_roi"] = _ms(t)
+        t = time.perf_counter()
+        iq, ir, _, valid, _ = coarse_matches(enc_q["coarse"][0], enc_r["coarse"][0], self.grid_q, self.grid_t,
+                                             self.coarse_config, prep.cell_valid, roi_cells)
+        lat["coarse_match"] = _ms(t)
+        fail = {"map_id": map_id, "confidence": top["score"], "latency_ms": lat, **common}
+        if not valid.any():
+            lat["total"] = _ms(t0)
+            return LocateResult.failure("no coarse match on the retrieved region", **fail)
+        t = time.perf_counter()
+        out = self._fine(enc_q, enc_r, iq, ir, valid)
+        ok = out["valid"][0]
+        pts_q = out["pts_q"][0][ok].astype(np.float64)
+        pts_r = out["pts_r"][0][ok].astype(np.float64) + np.array([x0, y0], dtype=np.float64)
+        lat["fine_match"] = _ms(t)
+        t = time.perf_counter()
+        to_frame = np.linalg.inv(prep.frame_to_canvas)
+        pts_f = project_points(to_frame, pts_q)
+        hom = estimate_homography(pts_f, pts_r, self.config.homography_threshold_px,
+                                  image_size=(frame.shape[1], frame.shape[0]))
+        lat["homography"] = _ms(t)
+        if not hom.ok:
+            lat["total"] = _ms(t0)
+            return LocateResult.failure(f"no homography: {hom.reason}", inliers=0, **fail)
+        if hom.num_inliers < self.config.min_inliers:
+            lat["total"] = _ms(t0)
+            return LocateResult.failure(f"too few inliers ({hom.num_inliers} < {self.config.min_inliers})",
+                                        inliers=hom.num_inliers, **fail)
+        t = time.perf_counter()
+        result = self._pose(frame, hom.H, pts_f[hom.inliers], pts_r[hom.inliers], entry, top, priors, camera,
+                            expected, common, lat)
+        lat["pose"] = _ms(t)
+        lat["total"] = _ms(t0)
+        return result
+
+    def _pose(self, frame: np.ndarray, H: np.ndarray, in_f: np.ndarray, in_r: np.ndarray, entry: Any,
+              top: dict, priors: Priors, camera: Any, expected: float | None, common: dict,
+              lat: dict[str, float]) -> LocateResult:
+        h, w = frame.shape[:2]
+        quad = footprint(H, w, h)
+        fail = {"map_id": entry.map_id, "confidence": top["score"], "inliers": len(in_f), "latency_ms": lat, **common}
+        if not is_convex_quad(quad):
+            return LocateResult.failure("degenerate footprint", **fail)
+        centre = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0]]))[0]
+        up = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0 - 1.0]]))[0]
+        # Local scale: map pixels per frame pixel at the centre (square root of the Jacobian determinant).
+        eps = 1.0
+        c = np.array([[(w - 1) / 2.0, (h - 1) / 2.0], [(w - 1) / 2.0 + eps, (h - 1) / 2.0],
+                      [(w - 1) / 2.0, (h - 1) / 2.0 + eps]])
+        p = project_points(H, c)
+        jac = np.stack([p[1] - p[0], p[2] - p[0]], axis=1) / eps
+        map_px_per_frame_px = math.sqrt(abs(np.linalg.det(jac)))
+        gsd = entry.georef.gsd_m
+        if expected is not None:
+            expected_scale = expected / max(h, w)
+            ratio = map_px_per_frame_px / expected_scale
+            if not 1.0 / self.config.max_scale_error <= ratio <= self.config.max_scale_error:
+                return LocateResult.failure(
+                    f"scale {map_px_per_frame_px:.4f} map px per frame px disagrees with the altitude prior "
+                    f"({expected_scale:.4f}, ratio {ratio:.2f})", **fail)
+        world = entry.georef.pixels_to_world(np.array([centre, up]))
+        d = world[1] - world[0]
+        heading = (math.degrees(math.atan2(d[0], d[1])) + 360.0) % 360.0  # clockwise from grid north
+        lonlat = entry.georef.pixels_to_lonlat(np.vstack([centre[None], quad]))
+        residual = np.linalg.norm(project_points(H, in_f) - in_r, axis=1)
+        sigma_px = float(np.sqrt(np.mean(residual**2)) / math.sqrt(max(len(in_f) / 4.0, 1.0)))
+        std = max(sigma_px * gsd, gsd / 4.0)
+        altitude = None
+        if camera is not None:
+            altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
+        confidence = float(min(1.0, top["score"]) * min(1.0, len(in_f) / 100.0))
+        return LocateResult(
+            ok=True, map_id=entry.map_id, lat=float(lonlat[0, 1]), lon=float(lonlat[0, 0]),
+            map_xy=(float(world[0, 0]), float(world[0, 1])), crs=_crs_name(entry.georef),
+            footprint_px=quad, footprint_lonlat=lonlat[1:], heading_deg=heading, altitude_agl_m=altitude,
+            std_m=(std, std), confidence=confidence, inliers=len(in_f), latency_ms=lat,
+            extra={"centre_px": centre.tolist(), "retrieval_score": top["score"],
+                   "map_px_per_frame_px": map_px_per_frame_px, "H_frame_to_map": H.tolist(),
+                   "matches": (in_f, in_r)},
+            **common,
+        )
+
+
+def _crs_name(georef: Any) -> str | None:
+    if georef.epsg:
+        return f"EPSG:{georef.epsg}"
+    return georef.crs_wkt
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 2)

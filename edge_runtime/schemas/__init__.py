@@ -1,0 +1,1 @@
+"""JSON Schemas (draft 2020-12) of the service's MQTT messages: pose, status and the telemetry input."""

@@ -1,0 +1,306 @@
+"""The MQTT link of the service (paho-mqtt 2.x, ``CallbackAPIVersion.VERSION2``; MQTT 5 or 3.1.1).
+
+* ``connect_async`` + ``loop_start``: a network thread that connects, and reconnects with exponential back-off
+  (``reconnect_delay_set``), so a broker that is down at boot or restarts mid-flight never stops the service.
+* Birth and Last Will: the will (``online: false``, retained, status QoS) is registered before connecting; on every
+  (re)connect a retained birth message is published and the subscriptions are renewed; a clean stop publishes an
+  explicit retained offline message first (the broker does not send the will on a clean disconnect).
+* A bounded outbox: messages published while disconnected wait in a FIFO of ``outbox_max`` entries (the oldest is
+  dropped and counted when full) and are sent after the birth message on reconnect; poses older than their expiry are
+  dropped then. Under MQTT 5 poses carry ``MessageExpiryInterval`` (the remaining part of it when sent late).
+* TLS (``tls_set``) and username/password (the password from an environment variable or a file).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_runtime.service.config import MqttConfig
+
+logger = logging.getLogger(__name__)
+
+#: ``handler(payload, retained, user_properties)`` for a subscribed topic (runs on the network thread).
+MessageHandler = Callable[[bytes, bool, dict[str, str]], None]
+
+
+class MqttConfigError(ValueError):
+    """Credentials or TLS files that cannot be used (names the config key)."""
+
+
+@dataclass
+class _Pending:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    expiry_s: int | None
+    queued_mono: float
+
+
+def read_password(config: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
+    """The broker password from ``password_env`` or ``password_file`` (first line), or None.
+
+    Raises:
+        MqttConfigError: the variable is unset or the file is empty / unreadable.
+    """
+    env = os.environ if environ is None else environ
+    if config.password_env:
+        if config.password_env not in env:
+            raise MqttConfigError(f"mqtt.password_env: environment variable {config.password_env} is not set "
+                                  "(systemd: put it in the EnvironmentFile)")
+        return env[config.password_env]
+    if config.password_file:
+        try:
+            lines = config.password_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise MqttConfigError(f"mqtt.password_file: cannot read {config.password_file}: {exc}") from exc
+        if not lines or not lines[0]:
+            raise MqttConfigError(f"mqtt.password_file: {config.password_file} is empty")
+        return lines[0]
+    return None
+
+
+class MqttLink:
+    """One broker connection: publish with outbox and expiry, subscriptions renewed on reconnect, birth / will.
+
+    Args:
+        config: the ``mqtt`` section.
+        client_id: MQTT client id.
+        status_topic: where birth, offline and the Last Will go (retained).
+        will_payload: the Last Will (composed now, sent by the broker when the connection drops uncleanly).
+        birth: called on every connect for the retained birth payload (so it carries the current state).
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        client_id: str,
+        status_topic: str,
+        will_payload: bytes,
+        birth: Callable[[], bytes],
+    ) -> None:
+        self.config = config
+        self.status_topic = status_topic
+        self._birth = birth
+        self.v5 = config.protocol == "v5"
+        protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
+        kwargs: dict[str, Any] = {} if self.v5 else {"clean_session": True}
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+        self.client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self.client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
+        self.client.max_queued_messages_set(config.outbox_max)
+        will_props = None
+        if self.v5 and config.will_delay_s:
+            will_props = Properties(PacketTypes.WILLMESSAGE)
+            will_props.WillDelayInterval = config.will_delay_s
+        self.client.will_set(status_topic, will_payload, qos=config.qos.status, retain=True, properties=will_props)
+        if config.username is not None:
+            self.client.username_pw_set(config.username, read_password(config))
+        if config.tls.enabled:
+            tls = config.tls
+            try:
+                self.client.tls_set(
+                    ca_certs=str(tls.ca_certs) if tls.ca_certs else None,
+                    certfile=str(tls.certfile) if tls.certfile else None,
+                    keyfile=str(tls.keyfile) if tls.keyfile else None,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise MqttConfigError(f"mqtt.tls: cannot load the certificates: {exc}") from exc
+            self.client.tls_insecure_set(tls.insecure)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_message = self._on_message
+        self._lock = threading.RLock()
+        self._connected = threading.Event()
+        self._stopping = False
+        self._started = False
+        self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._outbox: deque[_Pending] = deque()
+        self.counters = {
+            "connects": 0, "disconnects": 0, "connect_failures": 0, "published": 0, "outbox_queued": 0,
+            "outbox_dropped": 0, "outbox_expired": 0, "queue_full": 0, "received": 0, "handler_errors": 0,
+        }
+        self.last_error: str | None = None
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def subscribe(self, topic: str, qos: int, handler: MessageHandler) -> None:
+        """Subscribe to an exact topic (renewed on every reconnect)."""
+        with self._lock:
+            self._subscriptions[topic] = (qos, handler)
+            if self._connected.is_set():
+                self.client.subscribe(topic, qos)
+
+    def start(self) -> None:
+        """Connect in the background (never blocks; a broker that is down is retried with back-off)."""
+        kwargs: dict[str, Any] = {}
+        if self.v5:
+            kwargs["clean_start"] = True
+        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s, **kwargs)
+        self.client.loop_start()
+        self._started = True
+        logger.info("MQTT %s -> %s:%d (client %s, %s)", "v5" if self.v5 else "v3.1.1", self.config.host,
+                    self.config.port, self.client._client_id.decode(), "TLS" if self.config.tls.enabled else "plain")
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected (True) or ``timeout`` seconds (False)."""
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful CONNACK and the next disconnect."""
+        return self._connected.is_set()
+
+    def stop(self, final_status: bytes | None, timeout: float = 3.0) -> None:
+        """Publish ``final_status`` (retained, on the status topic) if connected, then disconnect cleanly."""
+        if not self._started:
+            return
+        with self._lock:
+            self._stopping = True
+            connected = self._connected.is_set()
+        if connected and final_status is not None:
+            info = self.client.publish(self.status_topic, final_status, qos=max(1, self.config.qos.status),
+                                       retain=True, properties=self._props(None))
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("the final status could not be published: %s", exc)
+            if not info.is_published():
+                logger.warning("the final status was not acknowledged within %.1f s", timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._started = False
+
+    # ------------------------------------------------------------------------------------------ publish
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False, expiry_s: int | None = None) -> bool:
+        """Publish now, or keep the message in the outbox while disconnected.
+
+        Args:
+            expiry_s: the message is useless after this many seconds (MQTT 5 ``MessageExpiryInterval``; also
+                dropped from the outbox after it). None = no expiry.
+
+        Returns:
+            True when handed to the network (or queued for it); False when it had to be dropped.
+        """
+        with self._lock:
+            if not self._connected.is_set():
+                self._enqueue(_Pending(topic, payload, qos, retain, expiry_s, time.monotonic()))
+                return True
+            return self._send(_Pending(topic, payload, qos, retain, expiry_s, time.monotonic()))
+
+    def _props(self, expiry_s: int | None) -> Properties | None:
+        if not self.v5:
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        props.ContentType = "application/json"
+        if expiry_s:
+            props.MessageExpiryInterval = int(expiry_s)
+        return props
+
+    def _send(self, msg: _Pending) -> bool:
+        expiry = msg.expiry_s
+        if expiry:
+            left = expiry - (time.monotonic() - msg.queued_mono)
+            if left <= 0:
+                self.counters["outbox_expired"] += 1
+                return False
+            expiry = max(1, math.ceil(left))
+        info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=self._props(expiry))
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.counters["published"] += 1
+            return True
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            if msg.qos == 0:  # QoS > 0 stays in paho's own queue and is re-sent after reconnecting
+                self._enqueue(msg)
+            return True
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            self.counters["queue_full"] += 1
+            logger.warning("MQTT in-flight queue full (%d): message on %s dropped", self.config.outbox_max, msg.topic)
+            return False
+        self.last_error = paho.error_string(info.rc)
+        logger.warning("MQTT publish on %s failed: %s", msg.topic, self.last_error)
+        return False
+
+    def _enqueue(self, msg: _Pending) -> None:
+        if len(self._outbox) >= self.config.outbox_max:
+            self._outbox.popleft()
+            self.counters["outbox_dropped"] += 1
+        self._outbox.append(msg)
+        self.counters["outbox_queued"] += 1
+
+    @property
+    def outbox_len(self) -> int:
+        """Messages waiting for a connection."""
+        with self._lock:
+            return len(self._outbox)
+
+    # ---------------------------------------------------------------------------------------- callbacks
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            self.counters["connect_failures"] += 1
+            self.last_error = f"connection refused: {reason_code}"
+            logger.error("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port,
+                         reason_code)
+            return
+        with self._lock:
+            self.counters["connects"] += 1
+            self._connected.set()
+            self.last_error = None
+            client.publish(self.status_topic, self._birth(), qos=self.config.qos.status, retain=True,
+                           properties=self._props(None))
+            for topic, (qos, _) in self._subscriptions.items():
+                client.subscribe(topic, qos)
+            pending, self._outbox = list(self._outbox), deque()
+            for msg in pending:
+                self._send(msg)
+        logger.info("MQTT connected to %s:%d (connection %d; %d queued messages flushed)", self.config.host,
+                    self.config.port, self.counters["connects"], len(pending))
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            was = self._connected.is_set()
+            self._connected.clear()
+            if was:
+                self.counters["disconnects"] += 1
+            stopping = self._stopping
+        if not stopping and was:
+            self.last_error = f"disconnected: {reason_code}"
+            logger.warning("MQTT connection lost (%s); reconnecting with back-off %.1f..%.1f s", reason_code,
+                           self.config.reconnect_min_s, self.config.reconnect_max_s)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self.counters["connect_failures"] += 1
+        self.last_error = f"cannot reach {self.config.host}:{self.config.port}"
+        if self.counters["connect_failures"] in (1, 10) or self.counters["connect_failures"] % 100 == 0:
+            logger.warning("MQTT broker %s:%d unreachable (%d attempts); retrying", self.config.host,
+                           self.config.port, self.counters["connect_failures"])
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        entry = self._subscriptions.get(message.topic)
+        if entry is None:
+            return
+        self.counters["received"] += 1
+        props: dict[str, str] = {}
+        if self.v5 and message.properties is not None and hasattr(message.properties, "UserProperty"):
+            props = {str(k): str(v) for k, v in message.properties.UserProperty}
+        try:
+            entry[1](bytes(message.payload), bool(message.retain), props)
+        except Exception:
+            self.counters["handler_errors"] += 1
+            logger.exception("handler for %s failed", message.topic)
