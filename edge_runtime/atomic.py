@@ -30,6 +30,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; bundles and caches are read by the service user
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -434,19 +434,55 @@ class Locator:
         sigma_px = float(np.sqrt(np.mean(residual**2)) / math.sqrt(max(len(in_f) / 4.0, 1.0)))
         std = max(sigma_px * gsd, gsd / 4.0)
         altitude = None
+        attitude = None
+        position_lonlat = lonlat[0]
+        map_xy = (float(world[0, 0]), float(world[0, 1]))
+        extra: dict[str, Any] = {"centre_px": centre.tolist(), "retrieval_score": top["score"],
+                                 "map_px_per_frame_px": map_px_per_frame_px, "H_frame_to_map": H.tolist(),
+                                 "matches": (in_f, in_r), "ground_centre_lonlat": lonlat[0].tolist(),
+                                 "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
             altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
+            pose = self._camera_pose(in_f, in_r, entry, camera)
+            if pose is not None:
+                east, north = pose.position[0], pose.position[1]
+                position_lonlat = entry.georef.pixels_to_lonlat(
+                    entry.georef.world_to_pixels(np.array([[east, north]])))[0]
+                map_xy = (float(east), float(north))
+                altitude = float(pose.altitude_agl_m)
+                attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
+                std = float(max(np.sqrt(pose.covariance[0, 0]), np.sqrt(pose.covariance[1, 1]), std))
+                extra.update({"position": "camera centre (6-DoF PnP pose)", "pose_rms_px": pose.rms_px,
+                              "pose_std": pose.std.tolist()})
         confidence = float(min(1.0, top["score"]) * min(1.0, len(in_f) / 100.0))
         return LocateResult(
-            ok=True, map_id=entry.map_id, lat=float(lonlat[0, 1]), lon=float(lonlat[0, 0]),
-            map_xy=(float(world[0, 0]), float(world[0, 1])), crs=_crs_name(entry.georef),
+            ok=True, map_id=entry.map_id, lat=float(position_lonlat[1]), lon=float(position_lonlat[0]),
+            map_xy=map_xy, crs=_crs_name(entry.georef),
             footprint_px=quad, footprint_lonlat=lonlat[1:], heading_deg=heading, altitude_agl_m=altitude,
-            std_m=(std, std), confidence=confidence, inliers=len(in_f), latency_ms=lat,
-            extra={"centre_px": centre.tolist(), "retrieval_score": top["score"],
-                   "map_px_per_frame_px": map_px_per_frame_px, "H_frame_to_map": H.tolist(),
-                   "matches": (in_f, in_r)},
-            **common,
+            attitude_deg=attitude, std_m=(std, std), confidence=confidence, inliers=len(in_f), latency_ms=lat,
+            extra=extra, **common,
         )
+
+    @staticmethod
+    def _camera_pose(in_f: np.ndarray, in_r: np.ndarray, entry: Any, camera: Any) -> Any:
+        """6-DoF camera pose from frame <-> map inliers on a flat ground plane (IPPE); None when it fails."""
+        from calibration.geometry import PoseConfig, estimate_pose
+
+        if entry.georef.crs_wkt is None and entry.georef.source != "gsd":
+            return None
+        keep = np.linspace(0, len(in_f) - 1, min(len(in_f), 400)).astype(int)
+        ground = entry.georef.pixels_to_world(in_r[keep])
+        undistorted = camera
+        if np.any(np.asarray(camera.D) != 0):  # the frame was rectified to P[:3, :3]: an ideal pinhole now
+            from calibration.camera_info import CameraInfo
+
+            undistorted = CameraInfo(camera.width, camera.height, camera.P[:3, :3], np.zeros(5), "plumb_bob",
+                                     camera_name=camera.camera_name)
+        try:
+            return estimate_pose(in_f[keep], ground, undistorted, config=PoseConfig(ransac_threshold_px=8.0))
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            logger.info("no 6-DoF pose: %s", exc)
+            return None
 
 
 def _crs_name(georef: Any) -> str | None:

@@ -260,7 +260,8 @@ class CameraConfig:
     """Intrinsics handed to the locator with each frame (None of them = the locator's default camera).
 
     Attributes:
-        info: a ROS camera_info YAML; rescaled to the frame size when the frame is a uniform resize of it.
+        info: a ROS camera_info YAML (read at start); rescaled to the frame size when the frame is a uniform resize
+            of it.
         from_exif: build the intrinsics from each frame's EXIF/XMP (``calibration.exif.camera_from_metadata``).
         sensor_width_mm, use_35mm_equivalent: focal-length source for ``from_exif`` (see calibration.exif).
     """
@@ -272,7 +273,6 @@ class CameraConfig:
 
     def __post_init__(self) -> None:
         _check(not (self.info and self.from_exif), "from_exif", "give either info or from_exif")
-        _check(self.info is None or self.info.is_file(), "info", f"{self.info} does not exist")
         _positive(self.sensor_width_mm, "sensor_width_mm")
         _check(self.from_exif or (self.sensor_width_mm is None and not self.use_35mm_equivalent), "from_exif",
                "sensor_width_mm / use_35mm_equivalent need from_exif: true")
@@ -347,8 +347,10 @@ class ServiceConfig:
         jpeg_sources = ("image_folder", "mqtt")
         _check(self.telemetry.kind != "exif" or self.source.kind in jpeg_sources, "telemetry.kind",
                f"'exif' needs a JPEG source (image_folder or mqtt), the source is {self.source.kind!r}")
-        _check(not self.camera.from_exif or self.source.kind in jpeg_sources, "camera.from_exif",
-               f"needs a JPEG source (image_folder or mqtt), the source is {self.source.kind!r}")
+        _check(not self.camera.from_exif or self.source.kind == "image_folder", "camera.from_exif",
+               f"needs the image_folder source, the source is {self.source.kind!r}")
+        _check(self.queue.mode == "latest" or self.source.kind in ("image_folder", "video"), "queue.mode",
+               f"'block' is for replaying files; a live {self.source.kind!r} source needs 'latest'")
         topics = [self.frame_topic, self.telemetry_topic] if self.source.kind == "mqtt" else [self.telemetry_topic]
         own = {self.topic("pose"), self.topic("status")}
         for key, topic in zip(("source.topic", "telemetry.topic"), topics, strict=False):

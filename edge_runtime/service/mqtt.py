@@ -37,6 +37,17 @@ logger = logging.getLogger(__name__)
 MessageHandler = Callable[[bytes, bool, dict[str, str]], None]
 
 
+class _ReconnectNoise(logging.Filter):
+    """Drop paho's per-iteration 'Client is not connected' errors while it waits to reconnect (logged once here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_PAHO_LOGGER = logging.getLogger(f"{__name__}.paho")
+_PAHO_LOGGER.addFilter(_ReconnectNoise())
+
+
 class MqttConfigError(ValueError):
     """Credentials or TLS files that cannot be used (names the config key)."""
 
@@ -95,12 +106,14 @@ class MqttLink:
     ) -> None:
         self.config = config
         self.status_topic = status_topic
+        self.client_id = client_id
         self._birth = birth
         self.v5 = config.protocol == "v5"
         protocol = MQTTProtocolVersion.MQTTv5 if self.v5 else MQTTProtocolVersion.MQTTv311
         kwargs: dict[str, Any] = {} if self.v5 else {"clean_session": True}
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
-        self.client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self.client.enable_logger(_PAHO_LOGGER)
+        self.client.suppress_exceptions = True  # a failing callback is logged; it must not end the network thread
         self.client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
         self.client.max_queued_messages_set(config.outbox_max)
         will_props = None
@@ -127,11 +140,14 @@ class MqttLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self._lock = threading.RLock()
         self._connected = threading.Event()
         self._stopping = False
         self._started = False
         self._subscriptions: dict[str, tuple[int, MessageHandler]] = {}
+        self._pending_subacks: dict[int, str] = {}
+        self._subscribed = threading.Event()
         self._outbox: deque[_Pending] = deque()
         self.counters = {
             "connects": 0, "disconnects": 0, "connect_failures": 0, "published": 0, "outbox_queued": 0,
@@ -145,7 +161,18 @@ class MqttLink:
         with self._lock:
             self._subscriptions[topic] = (qos, handler)
             if self._connected.is_set():
-                self.client.subscribe(topic, qos)
+                self._subscribe(topic, qos)
+
+    def _subscribe(self, topic: str, qos: int) -> None:
+        rc, mid = self.client.subscribe(topic, qos)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subacks[mid] = topic
+            self._subscribed.clear()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Wait until connected and every subscription is acknowledged by the broker."""
+        deadline = time.monotonic() + timeout
+        return self._connected.wait(timeout) and self._subscribed.wait(max(0.0, deadline - time.monotonic()))
 
     def start(self) -> None:
         """Connect in the background (never blocks; a broker that is down is retried with back-off)."""
@@ -156,7 +183,7 @@ class MqttLink:
         self.client.loop_start()
         self._started = True
         logger.info("MQTT %s -> %s:%d (client %s, %s)", "v5" if self.v5 else "v3.1.1", self.config.host,
-                    self.config.port, self.client._client_id.decode(), "TLS" if self.config.tls.enabled else "plain")
+                    self.config.port, self.client_id, "TLS" if self.config.tls.enabled else "plain")
 
     def wait_connected(self, timeout: float) -> bool:
         """Wait until connected (True) or ``timeout`` seconds (False)."""
@@ -221,7 +248,8 @@ class MqttLink:
                 self.counters["outbox_expired"] += 1
                 return False
             expiry = max(1, math.ceil(left))
-        info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=self._props(expiry))
+        info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                                   properties=self._props(expiry))
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.counters["published"] += 1
             return True
@@ -264,8 +292,11 @@ class MqttLink:
             self.last_error = None
             client.publish(self.status_topic, self._birth(), qos=self.config.qos.status, retain=True,
                            properties=self._props(None))
+            self._pending_subacks.clear()
             for topic, (qos, _) in self._subscriptions.items():
-                client.subscribe(topic, qos)
+                self._subscribe(topic, qos)
+            if not self._pending_subacks:
+                self._subscribed.set()
             pending, self._outbox = list(self._outbox), deque()
             for msg in pending:
                 self._send(msg)
@@ -276,6 +307,7 @@ class MqttLink:
         with self._lock:
             was = self._connected.is_set()
             self._connected.clear()
+            self._subscribed.clear()
             if was:
                 self.counters["disconnects"] += 1
             stopping = self._stopping
@@ -283,6 +315,16 @@ class MqttLink:
             self.last_error = f"disconnected: {reason_code}"
             logger.warning("MQTT connection lost (%s); reconnecting with back-off %.1f..%.1f s", reason_code,
                            self.config.reconnect_min_s, self.config.reconnect_max_s)
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._lock:
+            topic = self._pending_subacks.pop(mid, None)
+            if not self._pending_subacks:
+                self._subscribed.set()
+        for code in reason_codes:
+            if code.is_failure:
+                self.last_error = f"subscription to {topic} refused: {code}"
+                logger.error("the broker refused the subscription to %s: %s", topic, code)
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.counters["connect_failures"] += 1

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
+SEND_TIMEOUT_S = 0.5
+
 
 class NotifyError(ValueError):
     """A NOTIFY_SOCKET / WATCHDOG_USEC value this module cannot use (names the variable and the value)."""
@@ -101,6 +103,9 @@ class Notifier:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # a receiver that stops reading (its queue holds net.unix.max_dgram_qlen datagrams) must not
+                    # block the processing loop forever
+                    self._sock.settimeout(SEND_TIMEOUT_S)
                     self._sock.connect(self.address)
                 self._sock.sendall(data)
             except OSError as exc:

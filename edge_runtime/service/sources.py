@@ -117,7 +117,7 @@ class FrameSource(ABC):
     def _run(self, emit: Emit, report: Report) -> None:  # pragma: no cover - overridden by threaded sources
         raise NotImplementedError
 
-    def _close(self) -> None:
+    def _close(self) -> None:  # noqa: B027 - optional hook, most sources hold nothing
         """Release resources (after the thread ended)."""
 
     def _deliver(self, emit: Emit, frame: Frame) -> bool:
@@ -238,8 +238,9 @@ def camera_api(device: int | str, api: str) -> int:
     if api == "any" and isinstance(device, str) and "!" in device:
         chosen = "gstreamer"
     if chosen != "any" and not cv2.videoio_registry.hasBackend(_APIS[chosen]):
-        hint = (" (the pip opencv-python wheels have no GStreamer; use the system OpenCV, e.g. JetPack's python3-opencv)"
-                if chosen == "gstreamer" else "")
+        hint = ""
+        if chosen == "gstreamer":
+            hint = " (pip opencv-python wheels have no GStreamer; use the system OpenCV, e.g. JetPack's python3-opencv)"
         raise SourceError(f"camera {device!r}: this OpenCV build has no {chosen} capture backend{hint}")
     return _APIS[chosen]
 

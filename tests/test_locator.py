@@ -1,0 +1,121 @@
+"""The locator and edge-locate: query preparation geometry, JSON contract, bad inputs, cache/bundle mismatch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_runtime.locate_cli import FrameError, main, read_frame
+from edge_runtime.locator import Locator, LocatorConfig, LocatorError, prepare_query
+from edge_runtime.numerics.geometry import project_points
+from edge_runtime.types import LocateResult, Priors
+from topicgeo.data.raster import GeoRaster
+
+
+@pytest.fixture(scope="module")
+def plot_rgb(data_dir: Path) -> np.ndarray:
+    with GeoRaster(data_dir / "sjer" / "2018" / "SJER_009.tif") as raster:
+        image, _ = raster.read_rgb()
+    return image
+
+
+@pytest.mark.parametrize(("crop", "content"), [((400, 300), 512.0), ((400, 300), 256.0), ((120, 400), 400.0)])
+def test_prepare_query_maps_frame_pixels_onto_the_canvas(plot_rgb: np.ndarray, crop: tuple[int, int],
+                                                         content: float) -> None:
+    w, h = crop
+    frame = np.ascontiguousarray(plot_rgb[:h, :w])
+    prep = prepare_query(frame, 512, content)
+    assert prep.canvas.shape == (512, 512, 3)
+    # Sample the canvas at the projections of frame points: bilinear values must match the frame there.
+    rng = np.random.default_rng(0)
+    pts = np.column_stack([rng.uniform(8, w - 9, 200), rng.uniform(8, h - 9, 200)])
+    on_canvas = project_points(prep.frame_to_canvas, pts).astype(np.float32)
+    sampled = cv2.remap(prep.canvas, on_canvas[:, None, 0], on_canvas[:, None, 1], cv2.INTER_LINEAR)[:, 0]
+    blurred = cv2.resize(cv2.resize(frame, (prep.canvas.shape[1], prep.canvas.shape[0])), (w, h))  # scale-matched
+    direct = blurred[np.round(pts[:, 1]).astype(int), np.round(pts[:, 0]).astype(int)]
+    assert np.mean(np.abs(sampled.astype(float) - direct.astype(float))) < 30
+    # Geometry is exact: the frame corners land on the content rectangle, centred.
+    corners = project_points(prep.frame_to_canvas, np.array([[-0.5, -0.5], [w - 0.5, h - 0.5]]))
+    size = corners[1] - corners[0]
+    assert max(size) == pytest.approx(min(content, 512), abs=1.0)
+    assert (corners[0] + corners[1]) / 2 == pytest.approx([255.5, 255.5], abs=0.6)
+    # Cells that are mostly padding are invalid.
+    assert prep.cell_valid.sum() == pytest.approx((size[0] / 64) * (size[1] / 64), abs=8)
+
+
+def test_locate_result_never_carries_a_pose_without_a_fix() -> None:
+    with pytest.raises(ValueError, match="reason"):
+        LocateResult(ok=False)
+    with pytest.raises(ValueError, match="lat"):
+        LocateResult(ok=True, map_id="x")
+    with pytest.raises(ValueError, match="altitude"):
+        Priors(altitude_agl_m=-3.0)
+
+
+def test_bad_frames_give_clear_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(FrameError, match="empty"):
+        read_frame(empty)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    with pytest.raises(FrameError, match="cannot decode"):
+        read_frame(corrupt)
+    with pytest.raises(FrameError, match="not found"):
+        read_frame(tmp_path / "missing.jpg")
+
+
+@pytest.fixture(scope="module")
+def sjer_cache(tiny_bundle: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from maps.build import BuildConfig, build_cache
+
+    out = tmp_path_factory.mktemp("cache") / "sjer"
+    build_cache(tiny_bundle, sorted((data_dir / "sjer" / "2018").glob("*.tif")), out, BuildConfig())
+    return out
+
+
+def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache: Path, data_dir: Path,
+                                                  tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with GeoRaster(data_dir / "sjer" / "2017" / "SJER_002.tif") as raster:
+        image, _ = raster.read_rgb()
+    good = tmp_path / "query.png"
+    cv2.imwrite(str(good), cv2.cvtColor(image[40:340, 60:360], cv2.COLOR_RGB2BGR))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8garbage")
+    code = main(["--bundle", str(tiny_bundle), "--cache", str(sjer_cache), "--json", str(good), str(broken)])
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and code == 1  # the broken frame is reported, the run goes on
+    assert lines[1]["ok"] is False and "cannot decode" in lines[1]["reason"]
+    first = lines[0]
+    assert set(first) >= {"image", "ok", "confidence", "inliers", "latency_ms"}
+    assert first["latency_ms"]["total"] > 0 and "retrieval" in first["latency_ms"]
+    if first["ok"]:
+        assert len(first["footprint_px"]) == 4 and {"map_id", "lat", "lon", "heading_deg"} <= set(first)
+    else:
+        assert first["reason"]
+
+
+def test_cache_from_another_bundle_is_refused(tiny_bundle: Path, sjer_cache: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other_bundle"
+    shutil.copytree(tiny_bundle, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["bundle_id"] = "0" * 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="bundle"):
+        Locator.open(other, sjer_cache, LocatorConfig(verify=False))
+
+
+def test_locator_rejects_non_images(tiny_bundle: Path, sjer_cache: Path) -> None:
+    locator = Locator.open(tiny_bundle, sjer_cache)
+    with pytest.raises(LocatorError, match="uint8"):
+        locator.locate(np.zeros((100, 100), np.float32))
+    with pytest.raises(LocatorError, match="too small"):
+        locator.locate(np.zeros((10, 10, 3), np.uint8))
+    result = locator.locate(np.zeros((300, 300, 3), np.uint8))  # featureless: no fix, with a reason
+    assert not result.ok and result.reason and result.lat is None
