@@ -103,6 +103,8 @@ class BenchConfig:
         latency_queries: NAIP queries per map area in the latency suite.
         areas_km2: target map areas of the latency suite (NAIP map and mosaics of it).
         peer_tile: peers' tile side in map pixels.
+        peer_rotations: 1 = queries as given; 4 = peers also try the query turned by 90/180/270 degrees.
+        xfeat_top_k: XFeat keypoints per image (library default 4096).
         threads: torch / OpenCV threads of the peers and OMP_NUM_THREADS of every process (0 = library defaults).
         loftr_pairs: timed LoFTR query/tile pairs.
         query_size: the project's exported query size (and LoFTR's pair size).
@@ -127,6 +129,8 @@ class BenchConfig:
     latency_queries: int = 10
     areas_km2: tuple[float, ...] = DEFAULT_AREAS_KM2
     peer_tile: int = 512
+    peer_rotations: int = 1
+    xfeat_top_k: int = 4096
     threads: int = 0
     loftr_pairs: int = 3
     query_size: int = 512
@@ -155,6 +159,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1 when given, got {v}")
         if not self.areas_km2 or any(a <= 0 for a in self.areas_km2):
             raise ValueError(f"areas_km2 must be positive, got {self.areas_km2}")
+        if self.peer_rotations not in (1, 4) or self.xfeat_top_k < 8:
+            raise ValueError("peer_rotations must be 1 or 4 and xfeat_top_k >= 8")
         if self.threads < 0 or self.timeout_s <= 0:
             raise ValueError("threads must be >= 0 and timeout_s > 0")
         needs_ckpt = [m for m in self.methods if m in PROJECT_METHODS and _bundle_key(m) not in self.bundles]
@@ -274,7 +280,9 @@ class Bench:
         else:
             stats = self.work / "stats" / f"{tag}_{method}.json"
             cmd = self._py("benchmarks.peers.cli", "--method", method, "--tile-size", str(self.config.peer_tile),
-                           "--query-side", str(self.config.query_size), "--stats", str(stats), "--json")
+                           "--query-side", str(self.config.query_size), "--stats", str(stats), "--json",
+                           "--rotations", str(self.config.peer_rotations),
+                           "--xfeat-top-k", str(self.config.xfeat_top_k))
             if self.config.threads:
                 cmd += ["--threads", str(self.config.threads)]
             if not exif:
@@ -367,9 +375,9 @@ def run_latency(bench: Bench, queries: list[Path], base_map: Path, methods: list
                 bench.failed = True
                 entry["methods"][method] = {"error": str(exc)}
                 continue
-            lat = [r.latency_ms["total"] for r in run.records]
+            lat = [r.total_ms for r in run.records]
             entry["methods"][method] = {**latency_stats(lat), **_process(run), **offline,
-                                        "latency_ms": [round(v, 1) for v in lat],
+                                        "latency_ms": [None if v is None else round(v, 1) for v in lat],
                                         "located_pct": round(100.0 * sum(r.ok for r in run.records) / len(lat), 1)}
         if loftr is not None:
             tiles = count_tiles(width, height, TilingConfig(cfg.peer_tile))
@@ -447,7 +455,8 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
         "peer_treatment": (f"maps cut into {config.peer_tile}-px tiles with 25 % area overlap (stride "
                            f"{TilingConfig(config.peer_tile).stride} px), every tile matched, MAGSAC homography per "
                            "tile (4 px, as the project's locator), the tile with the most inliers wins (>= 12 "
-                           f"inliers to count as located); frames downscaled to a {config.query_size}-px long side"),
+                           f"inliers to count as located); frames downscaled to a {config.query_size}-px long side; "
+                           f"query rotations tried: {config.peer_rotations}; XFeat top-k {config.xfeat_top_k}"),
         "suites": {},
         "notes": [
             "LoFTR (kornia) runs with random weights: no pretrained weights can be fetched here; it is timed only.",
@@ -559,7 +568,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--brighton-frames", type=int, default=None)
     p.add_argument("--latency-queries", type=int, default=10)
     p.add_argument("--areas", default=",".join(f"{a:g}" for a in DEFAULT_AREAS_KM2), help="target km2 list")
-    p.add_argument("--peer-tile", type=int, default=512)
+    p.add_argument("--peer-tile", type=int, default=512, help="peers' tile side in map pixels")
+    p.add_argument("--peer-rotations", type=int, default=1, choices=(1, 4),
+                   help="4 = peers also try each query turned by 90/180/270 degrees (4x their cost)")
+    p.add_argument("--xfeat-top-k", type=int, default=4096, help="XFeat keypoints per image")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--loftr-pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary, removed)")
@@ -589,7 +601,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         sjer_plots=None if not args.sjer_plots else tuple(s.strip() for s in args.sjer_plots.split(",")),
         max_sjer_queries=args.max_sjer_queries, naip_queries=args.naip_queries,
         brighton_frames=args.brighton_frames, latency_queries=args.latency_queries, areas_km2=areas,
-        peer_tile=args.peer_tile, threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work,
+        peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
+        threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work,
         keep_work=args.keep_work, timeout_s=args.timeout, label=args.label)
 
 

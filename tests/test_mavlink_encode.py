@@ -78,7 +78,7 @@ def test_parse_connection(text, expected):
 
 @pytest.mark.parametrize("text", ["udp:1.2.3.4:5", "udpin:14540", "tcp:host:70000", "serial:ttyS0", "udpout:h:0", ""])
 def test_parse_connection_rejects(text):
-    with pytest.raises(MavlinkConfigError, match="mavlink.connection"):
+    with pytest.raises(MavlinkConfigError, match=r"mavlink\.connection"):
         parse_connection(text)
 
 

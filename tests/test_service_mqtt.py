@@ -169,6 +169,9 @@ def test_bad_input_is_a_status_error_and_the_service_carries_on(tmp_path, broker
         last = outcome(good)
         assert last["topic"] == POSE and last["seq"] > first["seq"]
         assert thread.is_alive()
+        deadline = time.monotonic() + 2  # the counter is bumped right after the publish call returns
+        while service.counters_snapshot()["poses"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         counters = service.counters_snapshot()
         assert (counters["frame_error"], counters["no_fix"], counters["poses"]) == (4, 1, 2)
         assert service.consecutive_errors == 0 and service.unhealthy_reason is None

@@ -37,7 +37,7 @@ class LocateRecord:
         map_id: the map's file stem (None when not ok, unless the command named the map it failed on).
         footprint_px: ``(4, 2)`` float64 image corners (0,0), (w,0), (w,h), (0,h) in the map's pixels, or None.
         lat, lon: WGS84 degrees, or None.
-        latency_ms: per-stage milliseconds; always has ``total``.
+        latency_ms: per-stage milliseconds; has ``total`` when ok (a not-ok record may lack it, e.g. bad input).
         reason: why not located (None when ok).
         inliers: homography inliers reported (0 when absent).
         candidates: optional ranked map ids (peers report them; used for R@k with k > 1).
@@ -53,6 +53,11 @@ class LocateRecord:
     reason: str | None
     inliers: int = 0
     candidates: tuple[str, ...] | None = None
+
+    @property
+    def total_ms(self) -> float | None:
+        """``latency_ms['total']`` or None."""
+        return self.latency_ms.get("total")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (footprint as nested lists)."""
@@ -80,16 +85,16 @@ def parse_record(obj: Any, where: str = "record") -> LocateRecord:
     """
     if not isinstance(obj, dict):
         raise ContractError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    for key in ("image", "ok", "latency_ms"):
+    for key in ("image", "ok"):
         if key not in obj:
             raise ContractError(f"{where}: missing key {key!r}")
     if not isinstance(obj["image"], str) or not obj["image"]:
         raise ContractError(f"{where}: 'image' must be a non-empty string")
     if not isinstance(obj["ok"], bool):
         raise ContractError(f"{where}: 'ok' must be true or false, got {obj['ok']!r}")
-    lat_ms = obj["latency_ms"]
-    if not isinstance(lat_ms, dict) or "total" not in lat_ms:
-        raise ContractError(f"{where}: 'latency_ms' must be an object with a 'total'")
+    lat_ms = obj.get("latency_ms", {})
+    if not isinstance(lat_ms, dict) or (obj["ok"] and "total" not in lat_ms):
+        raise ContractError(f"{where}: 'latency_ms' must be an object (with a 'total' when ok)")
     latency = {str(k): _finite_number(v, where, f"latency_ms.{k}") for k, v in lat_ms.items()}
     map_id = obj.get("map_id")
     if map_id is not None and not isinstance(map_id, str):

@@ -64,14 +64,14 @@ class FrameTruth:
 @dataclass(frozen=True)
 class QueryScore:
     """Per-query outcome: ``correct`` (R@1), ``iou`` in [0, 1], ``rank`` of the true map in the candidates
-    (1-based; None when unknown or absent), and the latency."""
+    (1-based; None when unknown or absent), and the latency (None when the record has no total)."""
 
     query_id: str
     ok: bool
     correct: bool
     iou: float
     rank: int | None
-    latency_ms: float
+    latency_ms: float | None
 
 
 def score_query(record: LocateRecord, truth: QueryTruth, criterion: Literal["map", "centre"]) -> QueryScore:
@@ -93,7 +93,7 @@ def score_query(record: LocateRecord, truth: QueryTruth, criterion: Literal["map
         rank = record.candidates.index(truth.map_id) + 1
     if record.ok and record.map_id == truth.map_id and record.candidates is None:
         rank = 1
-    return QueryScore(truth.query_id, record.ok, correct, float(iou), rank, record.latency_ms["total"])
+    return QueryScore(truth.query_id, record.ok, correct, float(iou), rank, record.total_ms)
 
 
 def recall_at_k(scores: list[QueryScore], k: int, ranked: bool) -> float | None:
@@ -114,11 +114,12 @@ def recall_vs_iou(scores: list[QueryScore], thresholds: tuple[float, ...] = IOU_
     return [100.0 * sum(s.correct and s.iou >= t for s in scores) / len(scores) for t in thresholds]
 
 
-def latency_stats(values_ms: list[float]) -> dict[str, float | None]:
-    """Median and p95 (linear interpolation) of per-frame latencies in milliseconds."""
-    if not values_ms:
+def latency_stats(values_ms: list[float | None]) -> dict[str, float | None]:
+    """Median and p95 (linear interpolation) of per-frame latencies in milliseconds (None values left out)."""
+    vals = [v for v in values_ms if v is not None]
+    if not vals:
         return {"median_ms": None, "p95_ms": None}
-    a = np.asarray(values_ms, np.float64)
+    a = np.asarray(vals, np.float64)
     return {"median_ms": round(float(np.median(a)), 1), "p95_ms": round(float(np.percentile(a, 95)), 1)}
 
 
@@ -165,5 +166,5 @@ def summarize_frames(records: list[LocateRecord], truths: list[FrameTruth]) -> d
         "max_error_m": None if not located else round(float(np.max(located)), 3),
         "within_1m_pct": round(100.0 * sum(e <= 1.0 for e in located) / len(records), 1),
         "errors_m": [None if e is None else round(e, 3) for e in errors],
-        **latency_stats([r.latency_ms["total"] for r in records]),
+        **latency_stats([r.total_ms for r in records]),
     }

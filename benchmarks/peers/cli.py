@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap-area", type=float, default=0.25)
     parser.add_argument("--query-side", type=int, default=512)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rotations", type=int, default=1, choices=(1, 4), help="also try the query turned by 90 deg")
+    parser.add_argument("--xfeat-top-k", type=int, default=4096)
     parser.add_argument("--stats", type=Path, default=None)
     parser.add_argument("--time-pairs", type=int, default=0)
     parser.add_argument("--pair-size", type=int, default=512)
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        mconf = MatcherConfig(method=args.method, threads=args.threads)
+        mconf = MatcherConfig(method=args.method, threads=args.threads, xfeat_top_k=args.xfeat_top_k)
         if args.time_pairs:
             if not args.images or len(args.maps) != 1:
                 raise ValueError("--time-pairs needs query images and exactly one --map")
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.peers.locator import PeerConfig, PeerLocator
 
         config = PeerConfig(matcher=mconf, tiling=TilingConfig(args.tile_size, args.overlap_area),
-                            query_side=args.query_side)
+                            query_side=args.query_side, rotations=args.rotations)
         if not args.maps:
             raise ValueError("give at least one --map")
         locator = PeerLocator(args.maps, config)

@@ -39,6 +39,8 @@ class PeerConfig:
         min_inliers: fewest homography inliers for a located frame (the project's locator uses 12).
         mask_black: ignore keypoints on exactly black pixels (the synthetic queries' outside-the-map corners), after
             a 5-px erosion of the non-black area.
+        rotations: 1 = the query as given (the peers' published use); 4 = also try it turned by 90, 180 and 270
+            degrees and keep the most inliers (helps matchers that are not rotation invariant, at 4x the cost).
     """
 
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
@@ -47,17 +49,21 @@ class PeerConfig:
     homography_threshold_px: float = 4.0
     min_inliers: int = 12
     mask_black: bool = True
+    rotations: int = 1
 
     def __post_init__(self) -> None:
+        if self.rotations not in (1, 4):
+            raise ValueError(f"rotations must be 1 or 4, got {self.rotations}")
         if self.query_side < 32:
             raise ValueError(f"query_side must be >= 32 px, got {self.query_side}")
         if self.homography_threshold_px <= 0 or self.min_inliers < 4:
             raise ValueError("homography_threshold_px must be > 0 and min_inliers >= 4")
 
 
-def scale_matrix(s: float) -> np.ndarray:
-    """``(3, 3)`` float64 resize by ``s`` in the pixel-centre convention: ``x' = (x + 0.5) * s - 0.5``."""
-    return np.array([[s, 0.0, 0.5 * s - 0.5], [0.0, s, 0.5 * s - 0.5], [0.0, 0.0, 1.0]])
+def scale_matrix(sx: float, sy: float | None = None) -> np.ndarray:
+    """``(3, 3)`` float64 resize by ``(sx, sy)`` in the pixel-centre convention: ``x' = (x + 0.5) * sx - 0.5``."""
+    sy = sx if sy is None else sy
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
 def translation_matrix(dx: float, dy: float) -> np.ndarray:
@@ -65,18 +71,36 @@ def translation_matrix(dx: float, dy: float) -> np.ndarray:
     return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
 
 
-def frame_to_map_homography(H_query_to_tile: np.ndarray, frame_scale: float, tile: Tile) -> np.ndarray:
-    """Compose frame px -> (resized) query px -> tile px -> map px.
+def rot90_matrix(width: int, height: int, k: int) -> np.ndarray:
+    """``(3, 3)`` float64 map from pixels of a ``width x height`` image to pixels of ``np.rot90(image, k)``.
+
+    ``np.rot90`` (k = 1) turns the image counter-clockwise: output pixel ``(x', y')`` shows input pixel
+    ``(W - 1 - y', x')``, i.e. ``x' = y``, ``y' = W - 1 - x``.
+    """
+    M = np.eye(3)
+    w = width
+    for _ in range(k % 4):
+        step = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0], [0.0, 0.0, 1.0]])
+        M = step @ M
+        w = height if w == width else width
+    return M
+
+
+def frame_to_map_homography(H_query_to_tile: np.ndarray, frame_to_query: np.ndarray, tile: Tile,
+                            rotation: np.ndarray | None = None) -> np.ndarray:
+    """Compose frame px -> (resized) query px -> (turned) query px -> tile px -> map px.
 
     Args:
-        H_query_to_tile: ``(3, 3)`` homography from the resized query to the tile.
-        frame_scale: query pixels per frame pixel (the resize factor).
+        H_query_to_tile: ``(3, 3)`` homography from the resized (and turned) query to the tile.
+        frame_to_query: ``(3, 3)`` frame px -> resized query px (:func:`scale_matrix`).
         tile: the tile (its origin in map pixels).
+        rotation: optional ``(3, 3)`` :func:`rot90_matrix` applied to the resized query before matching.
 
     Returns:
         ``(3, 3)`` float64 normalised so that ``H[2, 2] = 1``.
     """
-    H = translation_matrix(tile.x0, tile.y0) @ np.asarray(H_query_to_tile, np.float64) @ scale_matrix(frame_scale)
+    R = np.eye(3) if rotation is None else np.asarray(rotation, np.float64)
+    H = translation_matrix(tile.x0, tile.y0) @ np.asarray(H_query_to_tile, np.float64) @ R @ frame_to_query
     return H / H[2, 2]
 
 
@@ -148,33 +172,37 @@ class PeerLocator:
         s = min(1.0, self.config.query_side / max(h, w))
         if s < 1.0:
             query = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-            s = math.sqrt((query.shape[1] / w) * (query.shape[0] / h))
         else:
             query = frame
+        S = scale_matrix(query.shape[1] / w, query.shape[0] / h)
         qh, qw = query.shape[:2]
         mask = nonblack_mask(query) if self.config.mask_black else None
-        fq = self.matcher.extract(query, mask)
-        lat["features"] = _ms(t0)
-        t = time.perf_counter()
         best: tuple[int, MapTiles, Tile, Any] | None = None
         per_map: dict[str, int] = {}
-        t_ransac = 0.0
-        for m in self.maps:
-            for tile, ft in zip(m.tiles, m.features, strict=True):
-                pq, pt = self.matcher.match(fq, ft)
-                if len(pq) < 4:
-                    continue
-                tr = time.perf_counter()
-                hom = estimate_homography(pq, pt, self.config.homography_threshold_px, image_size=(qw, qh))
-                t_ransac += time.perf_counter() - tr
-                if not hom.ok:
-                    continue
-                n = hom.num_inliers
-                per_map[m.map_id] = max(per_map.get(m.map_id, 0), n)
-                if best is None or n > best[0]:
-                    best = (n, m, tile, (hom.H, pq[hom.inliers], pt[hom.inliers]))
+        t_ransac = t_feat = 0.0
+        for k in range(self.config.rotations):
+            tf = time.perf_counter()
+            turned = np.ascontiguousarray(np.rot90(query, k))
+            fq = self.matcher.extract(turned, None if mask is None else np.rot90(mask, k))
+            t_feat += time.perf_counter() - tf
+            size = (turned.shape[1], turned.shape[0])
+            for m in self.maps:
+                for tile, ft in zip(m.tiles, m.features, strict=True):
+                    pq, pt = self.matcher.match(fq, ft)
+                    if len(pq) < 4:
+                        continue
+                    tr = time.perf_counter()
+                    hom = estimate_homography(pq, pt, self.config.homography_threshold_px, image_size=size)
+                    t_ransac += time.perf_counter() - tr
+                    if not hom.ok:
+                        continue
+                    n = hom.num_inliers
+                    per_map[m.map_id] = max(per_map.get(m.map_id, 0), n)
+                    if best is None or n > best[0]:
+                        best = (n, m, tile, (hom.H, pq[hom.inliers], pt[hom.inliers], rot90_matrix(qw, qh, k)))
+        lat["features"] = round(t_feat * 1000.0, 2)
         lat["ransac"] = round(t_ransac * 1000.0, 2)
-        lat["match"] = round(_ms(t) - lat["ransac"], 2)
+        lat["match"] = round(_ms(t0) - lat["ransac"] - lat["features"], 2)
         candidates = sorted(per_map, key=lambda k: -per_map[k])
         common = {"candidates": candidates, "backend": f"peer:{self.config.matcher.method}"}
         if best is None or best[0] < self.config.min_inliers:
@@ -182,8 +210,8 @@ class PeerLocator:
             lat["total"] = _ms(t0)
             return {"ok": False, "reason": f"no tile with >= {self.config.min_inliers} homography inliers (best {n})",
                     "confidence": 0.0, "inliers": n, "latency_ms": lat, **common}
-        n, m, tile, (H_qt, in_q, in_t) = best
-        H = frame_to_map_homography(H_qt, s, tile)
+        n, m, tile, (H_qt, in_q, in_t, R) = best
+        H = frame_to_map_homography(H_qt, S, tile, R)
         quad = footprint(H, w, h)
         if not is_convex_quad(quad):
             lat["total"] = _ms(t0)
@@ -194,7 +222,7 @@ class PeerLocator:
         position = "frame centre ground point (nadir assumption)"
         world = _apply(m.pixel_to_world, centre[None])[0]
         if camera is not None and m.crs_wkt is not None:
-            in_frame = _apply(np.linalg.inv(scale_matrix(s)), in_q)
+            in_frame = _apply(np.linalg.inv(R @ S), in_q)
             ground = _apply(m.pixel_to_world, in_t + np.array([tile.x0, tile.y0], np.float64))
             cam = _camera_position(in_frame, ground, camera)
             if cam is not None:

@@ -161,6 +161,10 @@ class MavlinkBridge:
         fix, without a capture time or uncertainty, with an accuracy above ``max_horizontal_accuracy_m``, without
         an altitude where the autopilot needs one, older than ``max_fix_age_s``, not newer than the last fix sent,
         closer than the rate limit to it, or while the link is down.
+
+        Raises:
+            ValueError: a located result with impossible numbers (latitude/longitude out of range, negative or
+                non-finite ``std_m``): a locator bug, not a flight condition.
         """
         with self._lock:
             vehicle_agl = None
@@ -270,12 +274,14 @@ class MavlinkBridge:
         try:
             self._transport.open()
         except OSError as exc:
-            self._last_error = f"cannot open {self._transport.describe()}: {exc}"
-            logger.warning("%s; retrying every %.1f s", self._last_error, self.config.reconnect_interval_s)
+            with self._lock:
+                self._last_error = f"cannot open {self._transport.describe()}: {exc}"
+                logger.warning("%s; retrying every %.1f s", self._last_error, self.config.reconnect_interval_s)
             return
-        if self._parser is not None:
-            self._parser.reset_stream()
-        self._next_heartbeat_mono = 0.0  # announce ourselves at once
+        with self._lock:
+            if self._parser is not None:
+                self._parser.reset_stream()
+            self._next_heartbeat_mono = 0.0  # announce ourselves at once
 
     def _run(self) -> None:
         hb_period = 1.0 / self.config.heartbeat_rate_hz
@@ -297,7 +303,9 @@ class MavlinkBridge:
                 if self._transport.is_open and mono >= self._next_heartbeat_mono:
                     self._send_heartbeat()
                     self._next_heartbeat_mono = mono + hb_period
-                self._supervise(mono)
+                reopen = self._supervise(mono)
+            if reopen:  # outside the lock: a TCP connect may block for seconds, publish_fix must not wait on it
+                self._open_transport()
 
     def _read(self) -> None:
         try:
@@ -323,7 +331,8 @@ class MavlinkBridge:
         if self._send(msg):
             self._counts["heartbeats_sent"] += 1
 
-    def _supervise(self, mono: float) -> None:
+    def _supervise(self, mono: float) -> bool:
+        """Link-timeout check; returns whether the transport should be reopened now."""
         if self._up and (self._last_heartbeat_mono is None
                          or mono - self._last_heartbeat_mono > self.config.link_timeout_s):
             self._up = False
@@ -335,8 +344,10 @@ class MavlinkBridge:
         if (not self._up and mono - self._last_open_mono >= self.config.reconnect_interval_s
                 and (self._counts["link_losses"] > 0 or not self._transport.is_open)):
             self._counts["reconnects"] += 1
+            self._last_open_mono = mono
             logger.info("reopening %s", self._transport.describe())
-            self._open_transport()
+            return True
+        return False
 
     def _is_target(self, sysid: int, compid: int) -> bool:
         if self._target_system is not None and sysid != self._target_system:
