@@ -74,7 +74,7 @@ from benchmarks.peers.tiling import TilingConfig, count_tiles  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data" if (ROOT.parent / "shared" / "data").is_dir() else Path("../shared/data")
 DEFAULT_CHECKPOINT = ROOT / "topicgeo" / "assets" / "topicgeo_cpu.pt"
 PROJECT_METHODS = ("topicgeo-fp32", "topicgeo-fp16", "topicgeo-trt")
 PEER_METHODS = ("sift", "xfeat", "xfeat-lg")
@@ -105,6 +105,8 @@ class BenchConfig:
         peer_tile: peers' tile side in map pixels.
         peer_rotations: 1 = queries as given; 4 = peers also try the query turned by 90/180/270 degrees.
         xfeat_top_k: XFeat keypoints per image (library default 4096).
+        peer_min_inliers: fewest homography inliers for a peer fix (4 = any valid homography, the reference
+            peers' reading; 12 = the project's locator's gate).
         threads: torch / OpenCV threads of the peers and OMP_NUM_THREADS of every process (0 = library defaults).
         loftr_pairs: timed LoFTR query/tile pairs.
         query_size: the project's exported query size (and LoFTR's pair size).
@@ -131,6 +133,7 @@ class BenchConfig:
     peer_tile: int = 512
     peer_rotations: int = 1
     xfeat_top_k: int = 4096
+    peer_min_inliers: int = 4
     threads: int = 0
     loftr_pairs: int = 3
     query_size: int = 512
@@ -159,8 +162,8 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1 when given, got {v}")
         if not self.areas_km2 or any(a <= 0 for a in self.areas_km2):
             raise ValueError(f"areas_km2 must be positive, got {self.areas_km2}")
-        if self.peer_rotations not in (1, 4) or self.xfeat_top_k < 8:
-            raise ValueError("peer_rotations must be 1 or 4 and xfeat_top_k >= 8")
+        if self.peer_rotations not in (1, 4) or self.xfeat_top_k < 8 or self.peer_min_inliers < 4:
+            raise ValueError("peer_rotations must be 1 or 4, xfeat_top_k >= 8 and peer_min_inliers >= 4")
         if self.threads < 0 or self.timeout_s <= 0:
             raise ValueError("threads must be >= 0 and timeout_s > 0")
         needs_ckpt = [m for m in self.methods if m in PROJECT_METHODS and _bundle_key(m) not in self.bundles]
@@ -282,7 +285,8 @@ class Bench:
             cmd = self._py("benchmarks.peers.cli", "--method", method, "--tile-size", str(self.config.peer_tile),
                            "--query-side", str(self.config.query_size), "--stats", str(stats), "--json",
                            "--rotations", str(self.config.peer_rotations),
-                           "--xfeat-top-k", str(self.config.xfeat_top_k))
+                           "--xfeat-top-k", str(self.config.xfeat_top_k),
+                           "--min-inliers", str(self.config.peer_min_inliers))
             if self.config.threads:
                 cmd += ["--threads", str(self.config.threads)]
             if not exif:
@@ -317,7 +321,8 @@ def run_synthetic(bench: Bench, suite: SyntheticSuite, methods: list[str]) -> di
             out[method] = {"error": str(exc)}
             continue
         scores = [score_query(r, t, suite.criterion) for r, t in zip(run.records, suite.queries, strict=True)]  # type: ignore[arg-type]
-        ranked = all(r.candidates is not None for r in run.records)
+        # R@k (k > 1) ranks maps: meaningful with several maps (SJER), not for "footprint contains the centre"
+        ranked = suite.criterion == "map" and all(r.candidates is not None for r in run.records)
         out[method] = {
             "summary": summarize_queries(scores, ranked),
             "process": _process(run),
@@ -454,8 +459,9 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
         "machine": machine_info(ROOT),
         "peer_treatment": (f"maps cut into {config.peer_tile}-px tiles with 25 % area overlap (stride "
                            f"{TilingConfig(config.peer_tile).stride} px), every tile matched, MAGSAC homography per "
-                           "tile (4 px, as the project's locator), the tile with the most inliers wins (>= 12 "
-                           f"inliers to count as located); frames downscaled to a {config.query_size}-px long side; "
+                           "tile (4 px, as the project's locator), the tile with the most inliers wins (>= "
+                           f"{config.peer_min_inliers} inliers to count as located); frames downscaled to a "
+                           f"{config.query_size}-px long side; "
                            f"query rotations tried: {config.peer_rotations}; XFeat top-k {config.xfeat_top_k}"),
         "suites": {},
         "notes": [
@@ -572,6 +578,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-rotations", type=int, default=1, choices=(1, 4),
                    help="4 = peers also try each query turned by 90/180/270 degrees (4x their cost)")
     p.add_argument("--xfeat-top-k", type=int, default=4096, help="XFeat keypoints per image")
+    p.add_argument("--peer-min-inliers", type=int, default=4,
+                   help="fewest homography inliers for a peer fix (4: any valid homography; 12: edge-locate's gate)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--loftr-pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary, removed)")
@@ -602,6 +610,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_sjer_queries=args.max_sjer_queries, naip_queries=args.naip_queries,
         brighton_frames=args.brighton_frames, latency_queries=args.latency_queries, areas_km2=areas,
         peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
+        peer_min_inliers=args.peer_min_inliers,
         threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work,
         keep_work=args.keep_work, timeout_s=args.timeout, label=args.label)
 
@@ -618,7 +627,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-bench: error: {exc}", file=sys.stderr)
         return 2
     command = "edge-bench " + shlex.join(argv)
-    results = run_benchmark(config, command)
+    try:
+        results = run_benchmark(config, command)
+    except (RuntimeError, ValueError, FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        print(f"edge-bench: error: {exc} (partial results in {config.out})", file=sys.stderr)
+        return 1
     print(f"results: {Path(config.out) / 'results.json'} and results.md"
           + (" (some methods failed: see the results)" if results["failed"] else ""))
     return 1 if results["failed"] else 0

@@ -5,7 +5,11 @@
 3. ``edge-locate`` every bundled frame (EXIF/XMP altitude + DJI intrinsics as the scale prior).
 4. Print each pose with its horizontal error against the SfM camera positions and write ``footprints.png``.
 
-Run: ``python scripts/demo_brighton.py [--checkpoint CKPT] [--out out/brighton]``.
+With ``--service`` step 3 runs through the onboard service instead: a local mosquitto broker starts on a free
+loopback port, ``edge-runtime`` replays the frames and publishes over MQTT, and a subscriber prints every pose (or
+"no fix" status) with its error against the ground truth.
+
+Run: ``python scripts/demo_brighton.py [--service] [--checkpoint CKPT] [--out out/brighton]``.
 """
 
 from __future__ import annotations
@@ -74,12 +78,50 @@ def draw_footprints(records: list[dict], cache: Path, out: Path) -> None:
     write_rgb_png(str(out), canvas)
 
 
+def via_service(bundle: Path, cache: Path, out: Path) -> list[dict]:
+    """Replay the frames through ``edge-runtime`` and collect what it publishes (poses and no-fix statuses)."""
+    import paho.mqtt.client as mqtt
+    import yaml
+
+    from edge_runtime.service.broker import LocalMosquitto
+
+    broker = LocalMosquitto(workdir=out / "broker").start()
+    received: list[dict] = []
+    try:
+        config = {
+            "vehicle_id": "demo01", "bundle_dir": str(bundle), "cache_dir": str(cache), "log_level": "WARNING",
+            "source": {"kind": "image_folder", "path": str(DATA / "frames"), "rate_fps": 0, "loop": False},
+            "telemetry": {"kind": "exif", "exif_utc_offset_h": -5},
+            "camera": {"from_exif": True},
+            "queue": {"maxsize": 4, "mode": "block"},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "protocol": "v5"},
+        }
+        cfg_path = out / "vehicle_demo.yaml"
+        cfg_path.write_text(yaml.safe_dump(config))
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-subscriber")
+        client.on_message = lambda _c, _u, msg: received.append({"topic": msg.topic, **json.loads(msg.payload)})
+        client.connect("127.0.0.1", broker.port)
+        client.subscribe("topicgeo/v1/demo01/#", qos=1)
+        client.loop_start()
+        print(f"$ edge-runtime --config {cfg_path}  (broker 127.0.0.1:{broker.port})", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "edge_runtime.service.cli", "--config", str(cfg_path)],
+                              capture_output=True, text=True, check=False, timeout=1800)
+        client.loop_stop()
+        client.disconnect()
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+    finally:
+        broker.stop()
+    return received
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "topicgeo" / "assets" / "topicgeo_cpu.pt")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "brighton")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    parser.add_argument("--service", action="store_true", help="run the frames through edge-runtime and MQTT")
     args = parser.parse_args(argv)
     py = sys.executable
     bundle, cache = args.out / "bundle", args.out / "cache"
@@ -93,6 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(cache)
     map_args = [arg for m in maps for arg in ("--map", m)]
     run([py, "-m", "maps.cli", "build", "--bundle", str(bundle), *map_args, "--out", str(cache)])
+    if args.service:
+        gt = truth()
+        messages = via_service(bundle, cache, args.out)
+        for msg in messages:
+            kind = msg["topic"].rsplit("/", 1)[-1]
+            if kind == "pose":
+                name = Path(str(msg["frame"].get("name", ""))).name
+                lat, lon = msg["position"]["lat"], msg["position"]["lon"]
+                err = haversine_m(lat, lon, *gt[name]) if name in gt else float("nan")
+                print(f"pose   {name}: {lat:.7f}, {lon:.7f} on {msg['map_id']}  error {err:.2f} m")
+            elif kind == "status":
+                print(f"status: {json.dumps({k: v for k, v in msg.items() if k != 'topic'})[:300]}")
+        (args.out / "mqtt_messages.json").write_text(json.dumps(messages, indent=2))
+        return 0
     frames = sorted(str(p) for p in (DATA / "frames").glob("*.JPG"))
     out = run([py, "-m", "edge_runtime.locate_cli", "--bundle", str(bundle), "--cache", str(cache), "--json",
                "--viz", str(args.out / "viz"), *frames])

@@ -39,7 +39,8 @@ class DoubleLocatorConfig:
         lat, lon: the position every fix reports.
         delay_s: time each ``locate`` call takes.
         warmup_s: time ``warmup`` takes.
-        fail_after: every call after this many raises ``RuntimeError`` (a dead backend); None = never.
+        fail_after: every call after this many raises (a dead backend); None = never.
+        fail_with: ``runtime`` (``RuntimeError``) or ``value`` (``ValueError``: the locator refuses the frame).
         min_std: frames whose pixel standard deviation is below this get no fix.
         degraded: report a degraded backend.
     """
@@ -49,6 +50,7 @@ class DoubleLocatorConfig:
     delay_s: float = 0.0
     warmup_s: float = 0.0
     fail_after: int | None = None
+    fail_with: str = "runtime"
     min_std: float = 2.0
     degraded: bool = False
 
@@ -103,6 +105,8 @@ class DoubleLocator:
             n = len(self.calls)
         cfg = self.config
         if cfg.fail_after is not None and n > cfg.fail_after:
+            if cfg.fail_with == "value":
+                raise ValueError(f"simulated refusal of the frame on call {n}")
             raise RuntimeError(f"simulated backend failure on call {n}")
         time.sleep(cfg.delay_s)
         common = {"backend": "double", "precision": "fp32", "degraded": cfg.degraded,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -43,7 +44,7 @@ def test_tiles_cover_the_map_with_25_percent_area_overlap(width: int, height: in
     assert len(tiles) == count_tiles(width, height, config)
     cover = np.zeros((height, width), np.int32)
     for t in tiles:
-        assert 0 <= t.x0 and t.x0 + t.width <= width and 0 <= t.y0 and t.y0 + t.height <= height
+        assert t.x0 >= 0 and t.x0 + t.width <= width and t.y0 >= 0 and t.y0 + t.height <= height
         assert t.width == min(tile, width) and t.height == min(tile, height)
         cover[t.y0 : t.y0 + t.height, t.x0 : t.x0 + t.width] += 1
     assert cover.min() >= 1, "a map pixel is in no tile"
@@ -51,7 +52,7 @@ def test_tiles_cover_the_map_with_25_percent_area_overlap(width: int, height: in
     for axis in ("x", "y"):
         extent = width if axis == "x" else height
         origins = axis_origins(extent, tile, config.stride)
-        for a, b in zip(origins[:-1], origins[1:], strict=True):
+        for a, b in itertools.pairwise(origins):
             overlap = (tile - (b - a)) * tile / side  # shared area of two neighbours / tile area
             if b < origins[-1]:
                 assert overlap == pytest.approx(0.25, abs=1.0 / tile)  # interior neighbours: exactly 25 %
@@ -216,7 +217,7 @@ def test_run_json_command_measures_the_process_and_checks_answers(tmp_path: Path
         run_json_command([sys.executable, str(script)], [Path("a.png"), Path("skip")], "fake")
     crash = tmp_path / "crash.py"
     crash.write_text("import sys\nprint('boom', file=sys.stderr)\nsys.exit(3)\n", encoding="utf-8")
-    with pytest.raises(RuntimeError, match="exit status 3.*boom"):
+    with pytest.raises(RuntimeError, match=r"exit status 3.*boom"):
         run_json_command([sys.executable, str(crash)], [Path("a.png")], "crash")
 
 

@@ -145,3 +145,16 @@ def test_locator_section_is_parsed_strictly(tmp_path):
         load_all(path, LocatorConfig)
     config = parse_section(LocatorConfig, {"content_scales": [1.0, 0.25], "shortlist": 3}, "locator")
     assert config.content_scales == (1.0, 0.25) and config.shortlist == 3
+
+
+def test_the_service_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import edge_runtime.service.cli, edge_runtime.service.service, edge_runtime.service.broker\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

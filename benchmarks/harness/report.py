@@ -204,7 +204,7 @@ def plot_recall_vs_iou(results: dict[str, Any], path: Path) -> Path | None:
             if curve:
                 ax.plot(curve["thresholds"], curve["recall_pct"], marker=".", label=method)
         ax.set(title=suite["title"], xlabel="IoU threshold", ylabel="queries with R@1 and IoU >= t (%)",
-               xlim=(0, 1), ylim=(0, 100))
+               xlim=(0, 1), ylim=(-2, 102))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rotations", type=int, default=1, choices=(1, 4), help="also try the query turned by 90 deg")
     parser.add_argument("--xfeat-top-k", type=int, default=4096)
+    parser.add_argument("--min-inliers", type=int, default=4, help="fewest homography inliers to report a fix")
     parser.add_argument("--stats", type=Path, default=None)
     parser.add_argument("--time-pairs", type=int, default=0)
     parser.add_argument("--pair-size", type=int, default=512)
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.peers.locator import PeerConfig, PeerLocator
 
         config = PeerConfig(matcher=mconf, tiling=TilingConfig(args.tile_size, args.overlap_area),
-                            query_side=args.query_side, rotations=args.rotations)
+                            query_side=args.query_side, rotations=args.rotations,
+                            min_inliers=args.min_inliers)
         if not args.maps:
             raise ValueError("give at least one --map")
         locator = PeerLocator(args.maps, config)

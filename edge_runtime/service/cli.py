@@ -44,6 +44,9 @@ def configure_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("edge_runtime.service.mqtt.paho").setLevel(max(logging.INFO, root.level))
+    # calibration.exif notes every frame's stored/captured size and intrinsics at INFO: per frame, that floods the
+    # journal; its warnings and errors still show
+    logging.getLogger("calibration").setLevel(logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:

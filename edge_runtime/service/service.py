@@ -6,9 +6,10 @@ Lifecycle (systemd ``Type=notify``):
    the locator (which verifies their hashes), warm up, open the frame source, then ``READY=1`` with a ``STATUS=`` line.
    ``EXTEND_TIMEOUT_USEC`` is sent before the slow steps. Any failure is a :class:`StartupError` naming its cause.
 2. :meth:`Service.run`: the loop takes the newest frame, processes it and pings the watchdog (``WATCHDOG=1``) from
-   this loop only, and only while the pipeline is healthy: after ``health.max_consecutive_errors`` locator failures,
-   when the source thread died, or when a live source went silent for ``health.source_timeout_s``, the pings stop
-   (systemd then restarts the service) and after ``health.unhealthy_exit_s`` the loop exits with status 1 itself.
+   this loop only, and only while the pipeline is healthy: after ``health.max_consecutive_errors`` locator failures
+   in a row (any exception out of ``locate``; "no fix" is not a failure), when the source thread died, or when a
+   live source went silent for ``health.source_timeout_s``, the pings stop (systemd then restarts the service) and
+   after ``health.unhealthy_exit_s`` the loop exits with status 1 itself.
    Bad input (corrupt JPEG, empty MQTT payload, unexpected frame size, bad telemetry) is a status error and the loop
    carries on. A non-looping replay ends the loop with status 0 once every frame is processed.
 3. :meth:`Service.close`: ``STOPPING=1``, stop the source, publish the retained offline status, disconnect.
@@ -35,7 +36,7 @@ from edge_runtime.service import payloads
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.frame_queue import LatestFrameQueue, QueueClosed
 from edge_runtime.service.mqtt import MqttConfigError, MqttLink
-from edge_runtime.service.sdnotify import Notifier, watchdog_interval_s
+from edge_runtime.service.sdnotify import Notifier, NotifyError, watchdog_interval_s
 from edge_runtime.service.sources import Frame, FrameSource, SourceError, make_source
 from edge_runtime.service.telemetry import (
     TelemetryError,
@@ -115,10 +116,19 @@ def decode_frame(frame: Frame) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-class LatencyLog:
-    """Per-frame latency records (milliseconds per stage), newest ``maxlen`` kept."""
+#: the metadata fields the EXIF intrinsics depend on (frames sharing them share one CameraInfo)
+_INTRINSICS_KEYS = (
+    "width", "height", "orientation", "make", "model", "focal_length_mm", "focal_length_35mm",
+    "calibrated_focal_length_px", "calibrated_optical_center_x", "calibrated_optical_center_y", "original_width",
+    "original_height",
+)
 
-    def __init__(self, maxlen: int = 100_000) -> None:
+
+class LatencyLog:
+    """Per-frame latency records (milliseconds per stage), newest ``maxlen`` kept (about 0.4 KiB each: the bound keeps
+    a service that runs for hours from growing; the status counters use the newest 100)."""
+
+    def __init__(self, maxlen: int = 5_000) -> None:
         self.records: deque[dict[str, float]] = deque(maxlen=maxlen)
         self._lock = threading.Lock()
 
@@ -185,6 +195,7 @@ class Service:
         self._telemetry_was_stale = False
         self._camera_base: CameraInfo | None = None
         self._camera_scaled: dict[tuple[int, int], CameraInfo] = {}
+        self._camera_exif: dict[tuple[Any, ...], CameraInfo] = {}
         self.watchdog_s = watchdog_interval_s()
         self._last_ping = 0.0
         self._last_heartbeat = 0.0
@@ -428,11 +439,10 @@ class Service:
                 result = self.locator.locate(image, priors)
             else:
                 result = self.locator.locate(image, priors, camera=camera)
-        except ValueError as exc:  # LocatorError and friends: this frame cannot be used
-            self.report("frame_error", f"{frame.name}: {exc}", frame.name, seq)
-            return None
+        except ValueError as exc:  # LocatorError: the locator refused this frame
+            return self._locate_failed(frame, seq, exc, "frame_error")
         except Exception as exc:
-            return self._locate_failed(frame, seq, exc)
+            return self._locate_failed(frame, seq, exc, "locate_error")
         lat["locate"] = (time.monotonic() - t2) * 1e3
         self.consecutive_errors = 0
         with self._lock:
@@ -441,7 +451,7 @@ class Service:
         if result.ok:
             try:
                 self._publish_pose(result, frame, seq, info, t_capture, t_source, priors, lat)
-            except ValueError as exc:
+            except ValueError as exc:  # a located result that breaks the pose contract (no footprint, bad values)
                 return self._locate_failed(frame, seq, exc)
         else:
             lat["end_to_end"] = (time.monotonic() - frame.t_mono) * 1e3
@@ -468,11 +478,14 @@ class Service:
         with self._lock:
             self.counters["poses" if ok else "pose_publish_failed"] += 1
 
-    def _locate_failed(self, frame: Frame, seq: int, exc: BaseException) -> None:
+    def _locate_failed(self, frame: Frame, seq: int, exc: BaseException, kind: str = "locate_error") -> None:
+        """Any exception out of the locator counts towards unhealthy: a locator that refuses every frame (even with
+        a ValueError, e.g. a calibration that does not fit the camera) is as useless as one that crashes."""
         self.consecutive_errors += 1
         self.last_locate_error = f"{type(exc).__name__}: {exc}"
-        logger.error("locating %s failed (%d in a row)", frame.name, self.consecutive_errors, exc_info=exc)
-        self.report("locate_error", f"{frame.name}: {self.last_locate_error}", frame.name, seq)
+        logger.error("locating %s failed (%d in a row)", frame.name, self.consecutive_errors,
+                     exc_info=exc if kind == "locate_error" else None)
+        self.report(kind, f"{frame.name}: {self.last_locate_error}", frame.name, seq)
         return None
 
     def _priors(self, frame: Frame) -> tuple[Priors, float, str, Any]:
@@ -525,11 +538,17 @@ class Service:
         if cfg.from_exif:
             if meta is None:
                 raise FrameError(f"{frame.name}: camera.from_exif needs the frame's EXIF")
-            try:
-                return camera_from_metadata(meta, sensor_width_mm=cfg.sensor_width_mm,
-                                            use_35mm_equivalent=cfg.use_35mm_equivalent)
-            except ValueError as exc:
-                raise FrameError(str(exc)) from exc
+            key = tuple(getattr(meta, name) for name in _INTRINSICS_KEYS)
+            if key not in self._camera_exif:
+                try:
+                    camera = camera_from_metadata(meta, sensor_width_mm=cfg.sensor_width_mm,
+                                                  use_35mm_equivalent=cfg.use_35mm_equivalent)
+                except ValueError as exc:
+                    raise FrameError(str(exc)) from exc
+                if len(self._camera_exif) >= 16:
+                    self._camera_exif.clear()
+                self._camera_exif[key] = camera
+            return self._camera_exif[key]
         base = self._camera_base
         if base is None:
             return None
@@ -553,9 +572,10 @@ def run_service(config: ServiceConfig, locator_type: Any, locator_config: Any, n
 
     try:
         service = Service(config, locator_type, locator_config, notifier)
-    except MqttConfigError as exc:
+    except (MqttConfigError, NotifyError) as exc:
         logger.error("cannot start: %s", exc)
-        (notifier or Notifier()).status(f"failed: {exc}")
+        if notifier is not None:
+            notifier.status(f"failed: {exc}")
         return 1
     if install_signals:
         def on_signal(signum: int, _frame: Any) -> None:
