@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -37,6 +38,41 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def replace_directory(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is moved aside first, then deleted."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def verify_listed_files(
+    root: str | os.PathLike[str], files: Any, kind: str, error: type[Exception]
+) -> None:
+    """Recompute the sha256 of every ``{relative name: sha256}`` entry of a manifest.
+
+    Args:
+        root: the folder the names are relative to.
+        files: the manifest's ``files`` mapping.
+        kind: ``bundle`` or ``cache``, for the messages.
+        error: the exception type to raise, naming the first missing or modified file.
+    """
+    if not isinstance(files, dict) or not files:
+        raise error(f"{Path(root) / 'manifest.json'} lists no files")
+    for name, expected in sorted(files.items()):
+        path = Path(root) / name
+        if not path.is_file():
+            raise error(f"{kind} file missing: {path}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise error(f"{kind} file {path} is corrupt or modified: sha256 {actual[:12]}..., "
+                        f"manifest says {str(expected)[:12]}...")
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name next to ``path`` and rename it into place on success.
@@ -51,13 +87,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

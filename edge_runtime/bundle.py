@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.atomic import sha256_file
+from edge_runtime.atomic import verify_listed_files
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +136,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
 
 def verify_files(root: Path, manifest: dict[str, Any]) -> None:
     """Recompute the sha256 of every listed file; raises :class:`BundleError` naming the first bad one."""
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise BundleError(f"{root}/manifest.json lists no files")
-    for name, expected in sorted(files.items()):
-        path = Path(root) / name
-        if not path.is_file():
-            raise BundleError(f"bundle file missing: {path}")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise BundleError(f"bundle file {path} is corrupt or modified: sha256 {actual[:12]}..., "
-                              f"manifest says {expected[:12]}...")
+    verify_listed_files(root, manifest.get("files"), "bundle", BundleError)
 
 
 def open_bundle(root: str | Path, verify: bool = True) -> Bundle:

@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_runtime.atomic import sha256_file
+from edge_runtime.atomic import sha256_file, verify_listed_files
 from edge_runtime.numerics.grid import cell_centers
 
 logger = logging.getLogger(__name__)
@@ -684,17 +684,7 @@ def verify_cache_files(root: str | os.PathLike[str], manifest: dict[str, Any]) -
     Raises:
         MapCacheError: naming the first missing or modified file.
     """
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise MapCacheError(f"{Path(root) / MANIFEST} lists no files")
-    for name, expected in sorted(files.items()):
-        path = Path(root) / name
-        if not path.is_file():
-            raise MapCacheError(f"cache file missing: {path}")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise MapCacheError(f"cache file {path} is corrupt or modified: sha256 {actual[:12]}..., "
-                                f"manifest says {str(expected)[:12]}...")
+    verify_listed_files(root, manifest.get("files"), "cache", MapCacheError)
 
 
 def check_bundle(manifest: dict[str, Any], bundle: Any, where: str | os.PathLike[str] = "cache") -> None:

@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import logging
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edge_runtime.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -216,24 +218,17 @@ def encode_prompts(
 def save_topic_embeddings(path: str | os.PathLike[str], topics: TopicEmbeddings) -> Path:
     """Write ``topics`` atomically (temp file in the same folder + ``os.replace``); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(
-                fh,
-                embeddings=np.ascontiguousarray(topics.embeddings, dtype="<f4"),
-                prompts=np.array(topics.prompts, dtype=np.str_),
-                encoder_id=np.array(topics.encoder_id, dtype=np.str_),
-                dim=np.array(topics.dim, dtype=np.int64),
-                sha256=np.array(topics.sha256, dtype=np.str_),
-                format_version=np.array(FORMAT_VERSION, dtype=np.int64),
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        embeddings=np.ascontiguousarray(topics.embeddings, dtype="<f4"),
+        prompts=np.array(topics.prompts, dtype=np.str_),
+        encoder_id=np.array(topics.encoder_id, dtype=np.str_),
+        dim=np.array(topics.dim, dtype=np.int64),
+        sha256=np.array(topics.sha256, dtype=np.str_),
+        format_version=np.array(FORMAT_VERSION, dtype=np.int64),
+    )
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edge_runtime.atomic import atomic_write_bytes, sha256_file
+from edge_runtime.atomic import atomic_write_bytes, replace_directory, sha256_file
 from edge_runtime.backends import BackendChoice, InferenceBackend, open_graph
 from edge_runtime.bundle import Bundle, open_bundle
 from edge_runtime.map_cache import (
@@ -492,16 +492,6 @@ def _prepare_work_dir(work: Path, doc: dict, plans: Sequence[MapPlan], encoder: 
     return False
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        os.replace(dst, old / dst.name)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-
-
 def _map_stats(valid: np.ndarray) -> dict[str, Any]:
     encoded = valid.any(axis=1)
     return {"tiles": int(valid.shape[0]), "tiles_encoded": int(encoded.sum()), "valid_cells": int(valid.sum()),
@@ -528,7 +518,7 @@ def _finish(work: Path, out: Path, doc: dict, plans: Sequence[MapPlan], overwrit
         path.chmod(_FILE_MODE)  # temp files are created 0600; the vehicle's service user must read the cache
     if out.exists() and not overwrite:
         raise MapsError(f"{out} appeared during the build; the finished cache stays in {cache}")
-    _replace_dir(cache, out)
+    replace_directory(cache, out)
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 

@@ -29,6 +29,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+# One implementation of the pixel-centre geometry, shared with the vehicle's cache reader.
+from edge_runtime.map_cache import apply_affine as apply_homography
+from edge_runtime.map_cache import pixel_to_world_affine
+
 logger = logging.getLogger(__name__)
 
 StretchMode = Literal["auto", "none", "percentile"]
@@ -69,28 +73,6 @@ class RasterConfig:
             raise ValueError(f"nodata_min_size must be >= 1, got {self.nodata_min_size}")
         if self.stats_max_side < 16:
             raise ValueError(f"stats_max_side must be >= 16, got {self.stats_max_side}")
-
-
-def pixel_to_world_affine(transform: object) -> np.ndarray:
-    """3x3 matrix mapping pixel-centre coordinates ``(x, y, 1)`` to world ``(X, Y, 1)``.
-
-    Args:
-        transform: a rasterio/affine ``Affine`` (corner convention).
-
-    Returns:
-        ``(3, 3)`` float64 ``A`` with ``A @ (x, y, 1) = transform * (x + 0.5, y + 0.5)``.
-    """
-    a, b, c, d, e, f = (float(v) for v in tuple(transform)[:6])
-    corner = np.array([[a, b, c], [d, e, f], [0.0, 0.0, 1.0]], dtype=np.float64)
-    half = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]], dtype=np.float64)
-    return corner @ half
-
-
-def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply a 3x3 homography to ``(N, 2)`` points; returns ``(N, 2)`` float64."""
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    hom = np.concatenate([pts, np.ones((len(pts), 1))], axis=1) @ np.asarray(H, dtype=np.float64).T
-    return hom[:, :2] / hom[:, 2:3]
 
 
 class GeoRaster:
