@@ -47,6 +47,7 @@ from benchmarks.harness.contract import ContractError, ProcessRun, run_json_comm
 from benchmarks.harness.metrics import (  # noqa: E402
     latency_stats,
     score_query,
+    stage_medians,
     summarize_frames,
     summarize_queries,
 )
@@ -324,7 +325,7 @@ def run_synthetic(bench: Bench, suite: SyntheticSuite, methods: list[str]) -> di
         # R@k (k > 1) ranks maps: meaningful with several maps (SJER), not for "footprint contains the centre"
         ranked = suite.criterion == "map" and all(r.candidates is not None for r in run.records)
         out[method] = {
-            "summary": summarize_queries(scores, ranked),
+            "summary": summarize_queries(scores, ranked, stages=[r.latency_ms for r in run.records]),
             "process": _process(run),
             "offline": offline,
             "per_query": [{"query_id": s.query_id, "correct": s.correct, "iou": round(s.iou, 4), "rank": s.rank,
@@ -382,6 +383,7 @@ def run_latency(bench: Bench, queries: list[Path], base_map: Path, methods: list
                 continue
             lat = [r.total_ms for r in run.records]
             entry["methods"][method] = {**latency_stats(lat), **_process(run), **offline,
+                                        "stages_median_ms": stage_medians([r.latency_ms for r in run.records]),
                                         "latency_ms": [None if v is None else round(v, 1) for v in lat],
                                         "located_pct": round(100.0 * sum(r.ok for r in run.records) / len(lat), 1)}
         if loftr is not None:

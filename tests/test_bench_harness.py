@@ -105,7 +105,9 @@ def test_iou_and_recall_on_known_footprints() -> None:
     assert [s.correct for s in by_map] == [True, True, False, True, False]  # map criterion ignores the footprint
     assert [s.iou for s in by_map[1:]] == [0.0, 0.0, 0.0, 0.0]  # far: no overlap; bow-tie: invalid -> 0
     assert [s.correct for s in by_centre] == [True, False, False, False, False]
-    summary = summarize_queries(by_map, ranked=False)
+    stages = [{"encode": 1.0, "total": 3.0}, {"encode": 3.0, "total": 5.0}, {"total": 7.0}, {}, {"total": 1.0}]
+    summary = summarize_queries(by_map, ranked=False, stages=stages)
+    assert summary["stages_median_ms"] == {"encode": 2.0, "total": 4.0}
     assert summary["R@1"] == pytest.approx(60.0)
     assert summary["R@3"] is None  # no ranking reported
     assert summary["mIoU"] == pytest.approx(round(100 * (90 / 110) / 5, 1))

@@ -119,3 +119,34 @@ def test_locator_rejects_non_images(tiny_bundle: Path, sjer_cache: Path) -> None
         locator.locate(np.zeros((10, 10, 3), np.uint8))
     result = locator.locate(np.zeros((300, 300, 3), np.uint8))  # featureless: no fix, with a reason
     assert not result.ok and result.reason and result.lat is None
+
+
+def test_calibrated_pose_path_recovers_a_known_camera(data_dir: Path) -> None:
+    """The locator's 6-DoF step (calibration.geometry, IPPE on map inliers) recovers a known camera pose."""
+    import rasterio
+
+    from calibration.camera_info import CameraInfo
+    from calibration.geometry import CameraPose, project_to_image
+    from edge_runtime.map_cache import MapGeoref
+
+    with rasterio.open(data_dir / "sjer" / "2018" / "SJER_009.tif") as ds:
+        georef = MapGeoref(ds.width, ds.height, tuple(ds.transform)[:6], ds.crs.to_wkt(), ds.crs.to_epsg(), 0.1)
+    centre = georef.pixels_to_world(np.array([[200.0, 200.0]]))[0]
+    camera = CameraInfo(1600, 900, np.array([[1400.0, 0, 799.5], [0, 1400.0, 449.5], [0, 0, 1]]), np.zeros(5))
+    truth = CameraPose.from_ypr(np.array([centre[0] + 3.0, centre[1] - 2.0, 40.0]), 37.0, 4.0, -2.0)
+    rng = np.random.default_rng(0)
+    ground_px = rng.uniform(20, 380, (300, 2))
+    ground = np.column_stack([georef.pixels_to_world(ground_px), np.zeros(300)])
+    image = project_to_image(ground, truth, camera)
+    inside = np.all((image >= 0) & (image < [1600, 900]), axis=1)
+    assert inside.sum() > 50
+
+    class Entry:  # the two attributes _camera_pose reads from a CachedMap
+        def __init__(self, g: MapGeoref) -> None:
+            self.georef = g
+
+    pose = Locator._camera_pose(image[inside], ground_px[inside], Entry(georef), camera)
+    assert pose is not None
+    assert np.linalg.norm(pose.position - truth.position) < 0.01
+    assert abs(pose.altitude_agl_m - 40.0) < 0.01
+    assert np.allclose(pose.pose.ypr_deg, truth.ypr_deg, atol=0.1)

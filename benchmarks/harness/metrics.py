@@ -123,8 +123,16 @@ def latency_stats(values_ms: list[float | None]) -> dict[str, float | None]:
     return {"median_ms": round(float(np.median(a)), 1), "p95_ms": round(float(np.percentile(a, 95)), 1)}
 
 
-def summarize_queries(scores: list[QueryScore], ranked: bool, ks: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
-    """R@k, mean IoU (percent, failures 0), located share, latency and the recall-vs-IoU curve."""
+def stage_medians(latencies: list[dict[str, float]]) -> dict[str, float]:
+    """Median milliseconds of each latency stage over the records that report it."""
+    keys = list(dict.fromkeys(k for lat in latencies for k in lat))
+    return {k: round(float(np.median([lat[k] for lat in latencies if k in lat])), 1) for k in keys}
+
+
+def summarize_queries(scores: list[QueryScore], ranked: bool, ks: tuple[int, ...] = (1, 3),
+                      stages: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """R@k, mean IoU (percent, failures 0), located share, latency (with per-stage medians of ``stages``, the
+    records' ``latency_ms``) and the recall-vs-IoU curve."""
     out: dict[str, Any] = {"queries": len(scores)}
     for k in ks:
         r = recall_at_k(scores, k, ranked)
@@ -132,6 +140,7 @@ def summarize_queries(scores: list[QueryScore], ranked: bool, ks: tuple[int, ...
     out["mIoU"] = round(100.0 * float(np.mean([s.iou for s in scores])), 1)
     out["located_pct"] = round(100.0 * sum(s.ok for s in scores) / len(scores), 1)
     out.update(latency_stats([s.latency_ms for s in scores]))
+    out["stages_median_ms"] = stage_medians(stages) if stages else None
     out["recall_vs_iou"] = {"thresholds": list(IOU_THRESHOLDS), "recall_pct": [round(v, 1) for v in
                                                                                recall_vs_iou(scores)]}
     return out
@@ -167,4 +176,5 @@ def summarize_frames(records: list[LocateRecord], truths: list[FrameTruth]) -> d
         "within_1m_pct": round(100.0 * sum(e <= 1.0 for e in located) / len(records), 1),
         "errors_m": [None if e is None else round(e, 3) for e in errors],
         **latency_stats([r.total_ms for r in records]),
+        "stages_median_ms": stage_medians([r.latency_ms for r in records]),
     }

@@ -127,6 +127,7 @@ class MapTiles:
     crs_wkt: str | None
     tiles: list[Tile]
     features: list[Any]
+    to_lonlat: Any = None  # pyproj Transformer map CRS -> WGS84 (built once; None without a CRS)
 
 
 class PeerLocator:
@@ -153,9 +154,9 @@ class PeerLocator:
                 crop = np.ascontiguousarray(image[t.y0 : t.y0 + t.height, t.x0 : t.x0 + t.width])
                 vmask = valid[t.y0 : t.y0 + t.height, t.x0 : t.x0 + t.width]
                 feats.append(self.matcher.extract(crop, vmask))
+            wkt = None if raster.crs is None else raster.crs.to_wkt()
             self.maps.append(MapTiles(Path(path).stem, Path(path), raster.width, raster.height,
-                                      raster.pixel_to_world, None if raster.crs is None else raster.crs.to_wkt(),
-                                      tiles, feats))
+                                      raster.pixel_to_world, wkt, tiles, feats, _lonlat_transformer(wkt)))
             raster.close()
         self.prepare_seconds = time.perf_counter() - t0
         self.n_tiles = sum(len(m.tiles) for m in self.maps)
@@ -229,7 +230,7 @@ class PeerLocator:
             cam = _camera_position(in_frame, ground, camera)
             if cam is not None:
                 world, position = cam, "camera centre (6-DoF PnP pose, as the project's locator)"
-        lon, lat_deg = _to_lonlat(m.crs_wkt, world)
+        lon, lat_deg = _to_lonlat(m.to_lonlat, world)
         lat["pose"] = _ms(tp)
         lat["total"] = _ms(t0)
         return {"ok": True, "map_id": m.map_id, "footprint_px": np.round(quad, 3).tolist(), "lat": lat_deg,
@@ -268,11 +269,16 @@ def _camera_position(in_frame: np.ndarray, ground: np.ndarray, camera: Any) -> n
     return np.asarray(pose.position[:2], np.float64)
 
 
-def _to_lonlat(crs_wkt: str | None, world: np.ndarray) -> tuple[float | None, float | None]:
+def _lonlat_transformer(crs_wkt: str | None) -> Any:
     if crs_wkt is None:
-        return None, None
+        return None
     from pyproj import CRS, Transformer
 
-    tr = Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
-    lon, lat = tr.transform(float(world[0]), float(world[1]))
+    return Transformer.from_crs(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
+
+
+def _to_lonlat(transformer: Any, world: np.ndarray) -> tuple[float | None, float | None]:
+    if transformer is None:
+        return None, None
+    lon, lat = transformer.transform(float(world[0]), float(world[1]))
     return float(lon), float(lat)

@@ -81,13 +81,19 @@ class FrameError(ValueError):
     """One frame that cannot be processed (corrupt JPEG, wrong size); reported as a status error."""
 
 
-def decode_frame(frame: Frame) -> np.ndarray:
+#: JPEG frames whose header declares more pixels than this are refused before decoding: a corrupt or forged header
+#: (20000 x 20000) would make the decoder allocate gigabytes and decode grey for seconds
+MAX_FRAME_PIXELS = 150_000_000
+
+
+def decode_frame(frame: Frame, expected_size: tuple[int, int] | None = None) -> np.ndarray:
     """The frame's pixels as ``(H, W, 3)`` uint8 RGB.
 
     JPEG bytes must start with SOI, end with EOI (trailing zero padding allowed) and have intact marker segments up
     to the scan with a frame header: libjpeg only warns about a truncated file or a broken header and decodes grey or
     garbage, so these are refused here. Damage inside the entropy-coded scan cannot be detected. EXIF orientation is
-    not applied.
+    not applied. The size in the JPEG header is checked (``expected_size`` = ``(width, height)``, at most
+    :data:`MAX_FRAME_PIXELS`) before anything is decoded.
 
     Raises:
         FrameError: naming the frame.
@@ -101,10 +107,19 @@ def decode_frame(frame: Frame) -> np.ndarray:
         if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
             raise FrameError(f"{frame.name}: truncated JPEG (no EOI marker at the end, {len(data)} bytes)")
         try:
-            jpeg_pixel_size(jpeg_segments(data, frame.name), frame.name)
+            width, height = jpeg_pixel_size(jpeg_segments(data, frame.name), frame.name)
         except ValueError as exc:  # libjpeg only warns about broken headers and decodes garbage
             raise FrameError(str(exc)) from exc
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if not 0 < width * height <= MAX_FRAME_PIXELS:
+            raise FrameError(f"{frame.name}: the JPEG header declares {width}x{height} pixels (at most "
+                             f"{MAX_FRAME_PIXELS} allowed)")
+        if expected_size is not None and (width, height) != tuple(expected_size):
+            raise FrameError(f"{frame.name}: unexpected frame size {width}x{height}, expected "
+                             f"{expected_size[0]}x{expected_size[1]}")
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error as exc:
+            raise FrameError(f"{frame.name}: corrupt JPEG (OpenCV: {str(exc).strip().splitlines()[-1]})") from exc
         if image is None:
             raise FrameError(f"{frame.name}: corrupt JPEG (OpenCV cannot decode {len(data)} bytes)")
     elif frame.image_bgr is not None:
@@ -417,7 +432,7 @@ class Service:
         t0 = time.monotonic()
         lat: dict[str, float] = {"queue_wait": (t0 - frame.t_mono) * 1e3}
         try:
-            image = decode_frame(frame)
+            image = decode_frame(frame, self.config.source.frame_size)
             h, w = image.shape[:2]
             expected = self.config.source.frame_size
             if expected is not None and (w, h) != tuple(expected):

@@ -127,9 +127,9 @@ def _exif_datetime(data: bytes, name: str) -> datetime | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
             exif = im.getexif()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise TelemetryError(f"{name}: cannot read EXIF: {exc}") from exc
-    sub = exif.get_ifd(ExifTags.IFD.Exif)
+        sub = exif.get_ifd(ExifTags.IFD.Exif)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise TelemetryError(f"{name}: cannot read EXIF: {exc}") from exc  # what PIL raises on corrupt headers
     raw = sub.get(ExifTags.Base.DateTimeOriginal) or exif.get(ExifTags.Base.DateTime)
     if raw is None:
         return None
@@ -141,8 +141,11 @@ def _exif_datetime(data: bytes, name: str) -> datetime | None:
     offset = str(sub.get(ExifTags.Base.OffsetTimeOriginal) or "").strip("\x00 ")
     if len(offset) == 6 and offset[0] in "+-" and offset[3] == ":":
         sign = -1 if offset[0] == "-" else 1
-        minutes = sign * (int(offset[1:3]) * 60 + int(offset[4:6]))
-        stamp = stamp.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+        try:
+            minutes = sign * (int(offset[1:3]) * 60 + int(offset[4:6]))
+            stamp = stamp.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+        except ValueError as exc:
+            raise TelemetryError(f"{name}: EXIF OffsetTimeOriginal {offset!r} is not '+HH:MM'") from exc
     return stamp
 
 
@@ -162,6 +165,13 @@ class TelemetrySample:
     received_mono: float
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer beyond the float range
+        return False
+
+
 def parse_telemetry(payload: bytes, received_mono: float) -> TelemetrySample:
     """Parse one MQTT telemetry message (JSON object, keys of ``telemetry.schema.json``).
 
@@ -172,7 +182,7 @@ def parse_telemetry(payload: bytes, received_mono: float) -> TelemetrySample:
         raise TelemetryError("empty telemetry payload")
     try:
         raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer with too many digits
         raise TelemetryError(f"telemetry payload is not JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise TelemetryError(f"telemetry payload must be a JSON object, got {type(raw).__name__}")
@@ -185,7 +195,7 @@ def parse_telemetry(payload: bytes, received_mono: float) -> TelemetrySample:
     for key in TELEMETRY_KEYS[1:]:
         value = raw.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not math.isfinite(value)):
+                                  or not _finite(value)):
             raise TelemetryError(f"telemetry {key} must be a finite number or null, got {value!r}")
         values[key] = None if value is None else float(value)
     try:

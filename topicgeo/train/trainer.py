@@ -44,6 +44,8 @@ class TrainConfig:
         lr, weight_decay, warmup_steps, milestones, gamma, grad_clip: optimiser schedule (decision 21).
         coarse_samples / level2_samples: teacher-forced windows per pair at level 1 / level 2.
         checkpoint_every / log_every: in steps. seed: global seed. loss: loss weights.
+        init_from: warm start from these weights (e.g. the committed fp16 reference checkpoint) when ``out_dir``
+            has no ``last.pt``; the step counter continues from the checkpoint's ``step``.
     """
 
     preset: str = "cpu"
@@ -64,6 +66,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -151,14 +154,22 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     start, elapsed = 0, 0.0
     if resume and last.exists():
         payload = read_checkpoint(last)
-        stored = {k: v for k, v in payload.get("train_config", {}).items() if k != "steps"}
-        if stored != {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k != "steps"}:
+        free = {"steps", "init_from"}  # may change between sittings of one run
+        stored = {k: v for k, v in payload.get("train_config", {}).items() if k not in free}
+        if stored != {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in free}:
             raise ValueError(f"{last} was written by a different training config; use a new out_dir or --no-resume")
         model = load_model(last, expected_config=model.config, prompts=model.prompts.cpu()).to(device).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         optimiser.load_state_dict(payload["optimizer"])
         start, elapsed = int(payload["step"]), float(payload.get("wall_seconds", 0.0))
         logger.info("resumed %s at step %d", last, start)
+    elif config.init_from:
+        payload = read_checkpoint(Path(config.init_from))
+        model = load_model(Path(config.init_from), expected_config=model.config, prompts=model.prompts.cpu())
+        model = model.to(device).train()
+        optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        start, elapsed = int(payload.get("step") or 0), float(payload.get("wall_seconds", 0.0))
+        logger.info("warm start from %s (step %d; optimiser state starts fresh)", config.init_from, start)
     net = model
     if distributed:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

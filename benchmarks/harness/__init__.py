@@ -1,0 +1,1 @@
+"""edge-bench harness: the edge-locate JSON contract, metrics, suites and the report."""
