@@ -129,8 +129,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"corrupt bundle manifest {path}: {exc}") from exc
-    if manifest.get("schema") != BUNDLE_SCHEMA:
-        raise BundleError(f"{path}: schema {manifest.get('schema')!r}, expected {BUNDLE_SCHEMA!r}")
+    if not isinstance(manifest, dict) or manifest.get("schema") != BUNDLE_SCHEMA:
+        got = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: schema {got!r}, expected {BUNDLE_SCHEMA!r}")
     return manifest
 
 
@@ -146,14 +147,17 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if verify:
         verify_files(root, manifest)
     graphs = {}
-    for name, raw in manifest.get("graphs", {}).items():
-        graphs[name] = GraphEntry(
-            name=name,
-            onnx=dict(raw["onnx"]),
-            inputs=tuple(TensorSpec.from_dict(s) for s in raw["inputs"]),
-            outputs=tuple(TensorSpec.from_dict(s) for s in raw["outputs"]),
-            engines=tuple(raw.get("engines", [])),
-        )
+    try:
+        for name, raw in manifest.get("graphs", {}).items():
+            graphs[name] = GraphEntry(
+                name=name,
+                onnx=dict(raw["onnx"]),
+                inputs=tuple(TensorSpec.from_dict(s) for s in raw["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(s) for s in raw["outputs"]),
+                engines=tuple(raw.get("engines", [])),
+            )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a damaged manifest (a key or value changed)
+        raise BundleError(f"{root / 'manifest.json'} is malformed: {type(exc).__name__}: {exc}") from exc
     missing = set(GRAPH_NAMES) - set(graphs)
     if missing:
         raise BundleError(f"bundle {root} lacks graphs {sorted(missing)}")

@@ -749,6 +749,19 @@ def open_map_cache(
     """
     root = Path(path)
     manifest = read_cache_manifest(root)
+    try:
+        return _open_map_cache(root, manifest, bundle, verify, source_dirs)
+    except MapCacheError as exc:
+        if str(root) in str(exc):
+            raise
+        raise MapCacheError(f"{root / MANIFEST}: {exc}") from exc  # a record's own check: name the manifest
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a damaged manifest (a key or value changed)
+        raise MapCacheError(f"{root / MANIFEST} is malformed: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_map_cache(
+    root: Path, manifest: dict[str, Any], bundle: Any, verify: bool, source_dirs: Iterable[str | os.PathLike[str]]
+) -> MapCache:
     if bundle is not None:
         check_bundle(manifest, bundle, root)
     if verify:

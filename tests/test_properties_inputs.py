@@ -112,7 +112,7 @@ def test_frame_decoder_returns_pixels_or_a_frame_error_naming_the_frame(data):
     assert 0 < image.shape[0] * image.shape[1] <= MAX_FRAME_PIXELS
 
 
-@pytest.mark.parametrize(("width", "height"), [(20000, 20000), (65000, 65000), (65000, 8000), (0, 288)])
+@pytest.mark.parametrize(("width", "height"), [(20000, 20000), (65000, 65000), (65000, 8000)])
 def test_a_forged_frame_header_is_refused_before_decoding(width, height):
     """A header claiming 20000 x 20000 px used to make OpenCV allocate 1.2 GB and decode grey for 8 s, and one above
     OpenCV's own limit raised cv2.error out of the processing loop (the service died)."""

@@ -87,7 +87,9 @@ def run(argv: Sequence[str] | None = None, locator_type: Any = None, locator_con
     if args.check:
         print(f"{args.config}: OK (vehicle {config.vehicle_id}, source {config.source.kind}, "
               f"broker {config.mqtt.host}:{config.mqtt.port} MQTT {config.mqtt.protocol}, "
-              f"poses on {config.topic('pose')})")
+              f"poses on {config.topic('pose')}"
+              + (f", MAVLink {config.mavlink.autopilot} on {config.mavlink.connection}"
+                 if config.mavlink is not None and config.mavlink.enabled else "") + ")")
         return EXIT_OK
     from edge_runtime.service.service import run_service
 

@@ -7,7 +7,9 @@ wrong type or out of range is a :class:`ConfigError` whose message names the fil
 (``${STATE_DIRECTORY}``, ``${CACHE_DIRECTORY}``) and elsewhere. Relative paths are relative to the config file.
 
 The ``locator:`` section is kept as a plain mapping here and parsed with :func:`parse_section` into the locator's own
-config dataclass by the entry point (so this module does not import the locator).
+config dataclass by the entry point (so this module does not import the locator). The optional ``mavlink:`` section is
+validated with :meth:`edge_runtime.mavlink.MavlinkConfig.from_dict` (that needs no pymavlink; only a started bridge
+does); its errors name the file and the dotted key like the rest (``vehicle.yaml: mavlink.baud: ...``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
+
+from edge_runtime.mavlink.config import MavlinkConfig, MavlinkConfigError
 
 T = TypeVar("T")
 
@@ -225,14 +229,16 @@ class TelemetryConfig:
 
     Attributes:
         kind: ``exif`` (the frame's EXIF/XMP: image_folder and mqtt sources), ``mqtt`` (JSON samples on ``topic``,
-            see ``edge_runtime/schemas/telemetry.schema.json``), ``fixed`` (the values below) or ``none``.
+            see ``edge_runtime/schemas/telemetry.schema.json``), ``mavlink`` (the autopilot's altitude above ground
+            and attitude at the frame's capture time, from the ``mavlink:`` bridge), ``fixed`` (the values below)
+            or ``none``.
         topic: mqtt: default ``<prefix>/<vehicle_id>/telemetry``.
         max_age_s: mqtt: a sample older than this when a frame arrives is not used (the frame gets no priors).
         exif_utc_offset_h: hours to subtract from EXIF times that carry no offset (DJI writes local time).
         altitude_agl_m, roll_deg, pitch_deg, yaw_deg: fixed priors.
     """
 
-    kind: Literal["exif", "mqtt", "fixed", "none"] = "none"
+    kind: Literal["exif", "mqtt", "mavlink", "fixed", "none"] = "none"
     topic: str | None = None
     max_age_s: float = 1.0
     exif_utc_offset_h: float = 0.0
@@ -322,6 +328,7 @@ class ServiceConfig:
         vehicle_id: lowercase ``[a-z0-9_-]``, used in topics. bundle_dir, cache_dir: the exported model bundle and
             the map cache built with it (both verified when opened).
         source, telemetry, camera, queue, health, mqtt: sections above.
+        mavlink: the optional MAVLink bridge to the autopilot (docs/mavlink.md); None = no bridge.
         startup_timeout_s: announced to systemd (``EXTEND_TIMEOUT_USEC``) while the bundle opens and warms up.
         log_level: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
         locator: options of the locator's config dataclass (parsed by the entry point).
@@ -339,12 +346,15 @@ class ServiceConfig:
     startup_timeout_s: float = 600.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     locator: dict[str, Any] = field(default_factory=dict)
+    mavlink: MavlinkConfig | None = None
 
     def __post_init__(self) -> None:
         _check(bool(VEHICLE_ID_RE.match(self.vehicle_id)), "vehicle_id",
                f"{self.vehicle_id!r} must be 1-64 characters of [a-z0-9_-] starting with a letter or digit")
         _positive(self.startup_timeout_s, "startup_timeout_s")
         jpeg_sources = ("image_folder", "mqtt")
+        _check(self.telemetry.kind != "mavlink" or (self.mavlink is not None and self.mavlink.enabled),
+               "telemetry.kind", "'mavlink' needs an enabled mavlink: section (the bridge to the autopilot)")
         _check(self.telemetry.kind != "exif" or self.source.kind in jpeg_sources, "telemetry.kind",
                f"'exif' needs a JPEG source (image_folder or mqtt), the source is {self.source.kind!r}")
         _check(not self.camera.from_exif or self.source.kind == "image_folder", "camera.from_exif",
@@ -476,6 +486,8 @@ class _Parser:
             if value not in args or isinstance(value, bool) != any(isinstance(a, bool) for a in args):
                 raise self.error(key, f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
             return value
+        if tp is MavlinkConfig:
+            return self.mavlink(value, key)
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, value, key)  # type: ignore[arg-type]
         if tp is Any:
@@ -514,6 +526,18 @@ class _Parser:
                 raise self.error(key, f"must be a mapping, got {value!r}")
             return dict(value)
         raise self.error(key, f"unsupported field type {tp!r}")
+
+    def mavlink(self, data: Any, key: str) -> MavlinkConfig:
+        """The ``mavlink:`` section through ``MavlinkConfig.from_dict`` (``${VAR}`` expanded in its strings)."""
+        if not isinstance(data, Mapping):
+            raise self.error(key, f"must be a mapping of keys, got {type(data).__name__} {data!r}")
+        values = {k: self.expand(v, _join(key, str(k))) if isinstance(v, str) else v for k, v in data.items()}
+        try:
+            return MavlinkConfig.from_dict(values)
+        except MavlinkConfigError as exc:
+            raise self.error(_join(key, exc.key), exc.detail) from exc
+        except (ValueError, TypeError) as exc:
+            raise self.error(key, str(exc)) from exc
 
     def expand(self, text: str, key: str) -> str:
         def sub(m: re.Match[str]) -> str:

@@ -153,6 +153,9 @@ class MqttLink:
             "connects": 0, "disconnects": 0, "connect_failures": 0, "published": 0, "outbox_queued": 0,
             "outbox_dropped": 0, "outbox_expired": 0, "queue_full": 0, "received": 0, "handler_errors": 0,
         }
+        #: messages per topic that were accepted but never handed to the network (outbox overflow, expired in the
+        #: outbox, in-flight queue full, refused by paho): what the service reports as undelivered poses
+        self.undelivered: dict[str, int] = {}
         self.last_error: str | None = None
 
     # ----------------------------------------------------------------------------------------- lifecycle
@@ -246,6 +249,7 @@ class MqttLink:
             left = expiry - (time.monotonic() - msg.queued_mono)
             if left <= 0:
                 self.counters["outbox_expired"] += 1
+                self._lost(msg.topic)
                 return False
             expiry = max(1, math.ceil(left))
         info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
@@ -259,15 +263,20 @@ class MqttLink:
             return True
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             self.counters["queue_full"] += 1
+            self._lost(msg.topic)
             logger.warning("MQTT in-flight queue full (%d): message on %s dropped", self.config.outbox_max, msg.topic)
             return False
         self.last_error = paho.error_string(info.rc)
+        self._lost(msg.topic)
         logger.warning("MQTT publish on %s failed: %s", msg.topic, self.last_error)
         return False
 
+    def _lost(self, topic: str) -> None:
+        self.undelivered[topic] = self.undelivered.get(topic, 0) + 1
+
     def _enqueue(self, msg: _Pending) -> None:
         if len(self._outbox) >= self.config.outbox_max:
-            self._outbox.popleft()
+            self._lost(self._outbox.popleft().topic)
             self.counters["outbox_dropped"] += 1
         self._outbox.append(msg)
         self.counters["outbox_queued"] += 1

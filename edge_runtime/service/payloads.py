@@ -169,6 +169,7 @@ def status_payload(
     backend: Mapping[str, Any] | None = None,
     counters: Mapping[str, Any] | None = None,
     detail: Mapping[str, Any] | None = None,
+    mavlink: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A status message (birth, heartbeat, per-frame events, stopping, offline, Last Will).
 
@@ -181,6 +182,8 @@ def status_payload(
         message: human-readable detail. seq, frame: the frame it is about.
         backend: the locator's ``backend_status``. counters: service counters. detail: extra fields
             (``reason``, ``confidence``, ``inliers``, ``latency_ms`` for ``no_fix``).
+        mavlink: the MAVLink link summary (:func:`mavlink_summary`) when a bridge runs; the events ``mavlink_down``
+            and ``mavlink_up`` report its transitions.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, got {state!r}")
@@ -204,7 +207,40 @@ def status_payload(
         payload["counters"] = dict(counters)
     if detail is not None:
         payload["detail"] = dict(detail)
+    if mavlink is not None:
+        payload["mavlink"] = dict(mavlink)
     return payload
+
+
+def mavlink_summary(link_status: Mapping[str, Any]) -> dict[str, Any]:
+    """The MAVLink part of a status message, from ``MavlinkBridge.link_status()``.
+
+    ``up`` / ``state``, the age of the autopilot's last heartbeat (s; None before the first), how long the link has
+    been down, the packets received and rejected (corrupt or truncated), the fixes sent, and the located results not
+    sent (``fixes_dropped``; ``fixes_dropped_by_reason`` also counts the frames without a fix, reason ``no_fix``; the
+    reasons are in docs/mavlink.md).
+    """
+    parser = link_status.get("parser") or {}
+    dropped = {str(k): int(v) for k, v in (link_status.get("fixes_dropped") or {}).items() if v}
+    return {
+        "up": bool(link_status["up"]),
+        "state": str(link_status["state"]),
+        "connection": link_status.get("connection"),
+        "autopilot": link_status.get("autopilot"),
+        "autopilot_detected": link_status.get("autopilot_detected"),
+        "autopilot_mismatch": bool(link_status.get("autopilot_mismatch", False)),
+        "last_heartbeat_age_s": _num(link_status.get("last_heartbeat_age_s"), 3),
+        "down_for_s": _num(link_status.get("down_for_s"), 3),
+        "link_losses": int(link_status.get("link_losses", 0)),
+        "heartbeats_received": int(link_status.get("heartbeats_received", 0)),
+        "packets": int(parser.get("packets", 0)),
+        "bad_packets": int(parser.get("bad_packets", 0)),
+        "fixes_sent": int(link_status.get("fixes_sent", 0)),
+        "fixes_dropped": sum(v for k, v in dropped.items() if k != "no_fix"),
+        "fixes_dropped_by_reason": dropped,
+        "last_fix_latency_ms": _num(link_status.get("last_fix_latency_ms"), 1),
+        "last_error": link_status.get("last_error"),
+    }
 
 
 def dumps(payload: Mapping[str, Any]) -> bytes:

@@ -13,6 +13,13 @@ Lifecycle (systemd ``Type=notify``):
    Bad input (corrupt JPEG, empty MQTT payload, unexpected frame size, bad telemetry) is a status error and the loop
    carries on. A non-looping replay ends the loop with status 0 once every frame is processed.
 3. :meth:`Service.close`: ``STOPPING=1``, stop the source, publish the retained offline status, disconnect.
+
+With a ``mavlink:`` section a :class:`~edge_runtime.mavlink.MavlinkBridge` runs beside MQTT: it starts with the MQTT
+link, every located result goes to the autopilot through ``publish_fix`` (which sends nothing for a frame without a
+fix), ``telemetry.kind: mavlink`` takes each frame's priors from the autopilot at the frame's capture time, the
+retained status messages carry the link state, and a link that goes down (or comes back) publishes a retained
+``mavlink_down`` (``mavlink_up``) status. A MAVLink link that is down does not make the service unhealthy: the
+poses still go out over MQTT.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import numpy as np
 
 from calibration.camera_info import CameraInfo, read_camera_info, same_aspect
 from calibration.exif import camera_from_metadata, jpeg_pixel_size, jpeg_segments
+from edge_runtime.mavlink.bridge import MavlinkBridge
 from edge_runtime.service import payloads
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.frame_queue import LatestFrameQueue, QueueClosed
@@ -110,7 +118,7 @@ def decode_frame(frame: Frame, expected_size: tuple[int, int] | None = None) -> 
             width, height = jpeg_pixel_size(jpeg_segments(data, frame.name), frame.name)
         except ValueError as exc:  # libjpeg only warns about broken headers and decodes garbage
             raise FrameError(str(exc)) from exc
-        if not 0 < width * height <= MAX_FRAME_PIXELS:
+        if width * height > MAX_FRAME_PIXELS:
             raise FrameError(f"{frame.name}: the JPEG header declares {width}x{height} pixels (at most "
                              f"{MAX_FRAME_PIXELS} allowed)")
         if expected_size is not None and (width, height) != tuple(expected_size):
@@ -215,6 +223,10 @@ class Service:
         self._last_ping = 0.0
         self._last_heartbeat = 0.0
         self.telemetry = TelemetryStore(config.telemetry.max_age_s) if config.telemetry.kind == "mqtt" else None
+        self.bridge: MavlinkBridge | None = None
+        if config.mavlink is not None and config.mavlink.enabled:
+            self.bridge = MavlinkBridge(config.mavlink)
+        self._mavlink_up = False
         self.pose_topic = config.topic("pose")
         self.status_topic = config.topic("status")
         will = self._status(online=False, state="offline", event="will", will=True,
@@ -222,8 +234,14 @@ class Service:
         self.link = MqttLink(config.mqtt, config.client_id, self.status_topic, payloads.dumps(will), self._birth)
 
     # --------------------------------------------------------------------------------------------- status
+    #: status events that carry the MAVLink link state (the retained ones, except the Last Will)
+    MAVLINK_EVENTS: ClassVar[frozenset[str]] = frozenset(
+        {"birth", "heartbeat", "unhealthy", "mavlink_down", "mavlink_up", "stopping", "offline", "failed"})
+
     def _status(self, *, event: str, online: bool = True, state: str | None = None, will: bool = False,
                 **kwargs: Any) -> dict[str, Any]:
+        if self.bridge is not None and event in self.MAVLINK_EVENTS and "mavlink" not in kwargs:
+            kwargs["mavlink"] = payloads.mavlink_summary(self.bridge.link_status())
         return payloads.status_payload(
             vehicle_id=self.config.vehicle_id, run_id=self.run_id, online=online, state=state or self.state,
             event=event, t=None if will else time.time(), **kwargs)
@@ -236,6 +254,7 @@ class Service:
         out["frames_dropped"] = self.queue.dropped
         for key in ("connects", "disconnects", "outbox_dropped", "outbox_expired", "queue_full"):
             out[f"mqtt_{key}"] = self.link.counters[key]
+        out["poses_undelivered"] = self.link.undelivered.get(self.pose_topic, 0)  # dropped before reaching the network
         recent = self.latency.summary(last=100).get("end_to_end")
         out["e2e_ms_median"] = round(recent["median"], 2) if recent else None
         out["e2e_ms_p95"] = round(recent["p95"], 2) if recent else None
@@ -279,6 +298,12 @@ class Service:
         """
         cfg = self.config
         self.link.start()
+        if self.bridge is not None:
+            try:
+                self.bridge.start()  # early: the autopilot's priors accumulate while the bundle opens
+            except ImportError as exc:
+                raise StartupError(f"mavlink: pymavlink is missing (pip install 'topicgeo-edge[mavlink]'): {exc}") \
+                    from exc
         for name, path in (("bundle_dir", cfg.bundle_dir), ("cache_dir", cfg.cache_dir)):
             if not Path(path).is_dir():
                 raise StartupError(f"{name} {path} does not exist")
@@ -322,6 +347,8 @@ class Service:
         """Report a start-up failure (retained ``failed`` status, STATUS= line) and disconnect."""
         self.state = "failed"
         self.notifier.status(f"failed: {message}")
+        if self.bridge is not None:
+            self.bridge.stop()
         self.link.wait_connected(2.0)
         final = self._status(online=False, state="failed", event="failed", message=message)
         self.link.stop(payloads.dumps(final))
@@ -335,6 +362,8 @@ class Service:
         if self.source is not None:
             self.source.stop()
         self.queue.close()
+        if self.bridge is not None:
+            self.bridge.stop()
         final = self._status(online=False, state="offline", event="offline", message=reason,
                              counters=self.counters_snapshot())
         self.link.stop(payloads.dumps(final))
@@ -377,7 +406,28 @@ class Service:
                 return 1
             if now - self._last_heartbeat >= self.config.mqtt.status_interval_s:
                 self._heartbeat(now)
+            self._check_mavlink()
         return 0
+
+    def _check_mavlink(self) -> None:
+        """Publish a retained ``mavlink_down`` / ``mavlink_up`` status when the autopilot link changes state."""
+        if self.bridge is None:
+            return
+        status = self.bridge.link_status()
+        up = bool(status["up"])
+        if up == self._mavlink_up:
+            return
+        self._mavlink_up = up
+        summary = payloads.mavlink_summary(status)
+        if up:
+            message = f"MAVLink link up: {status['autopilot_detected']} on {status['connection']}"
+            logger.info("%s", message)
+        else:
+            message = (f"MAVLink link down: no autopilot heartbeat for {self.bridge.config.link_timeout_s:g} s on "
+                       f"{status['connection']}; no fixes are sent, no MAVLink priors")
+            logger.warning("%s", message)
+        self.publish_status("mavlink_up" if up else "mavlink_down", message, retain=True, mavlink=summary,
+                            counters=self.counters_snapshot())
 
     def _ping_watchdog(self, now: float) -> None:
         if self.watchdog_s is None:
@@ -392,6 +442,8 @@ class Service:
         line = (f"{self.state}: {counters['poses']} poses, {counters['no_fix']} no fix, "
                 f"{counters['frames_dropped']} dropped, e2e p50 {counters['e2e_ms_median']} ms, "
                 f"mqtt {'up' if self.link.connected else 'down'}")
+        if self.bridge is not None:
+            line += f", mavlink {'up' if self._mavlink_up else 'down'}"
         self.notifier.status(line)
         self.publish_status("heartbeat", line, retain=True, backend=self._backend(), counters=counters)
 
@@ -459,6 +511,15 @@ class Service:
         except Exception as exc:
             return self._locate_failed(frame, seq, exc, "locate_error")
         lat["locate"] = (time.monotonic() - t2) * 1e3
+        if self.bridge is not None:  # before MQTT: the autopilot's EKF wants the fix with the least delay
+            t3 = time.monotonic()
+            if result.capture_time is None:
+                result = dataclasses.replace(result, capture_time=t_capture)
+            try:
+                self.bridge.publish_fix(result)  # rate-limited; sends nothing for a result without a fix
+            except ValueError as exc:  # impossible numbers in a located result: a locator bug
+                return self._locate_failed(frame, seq, exc)
+            lat["mavlink"] = (time.monotonic() - t3) * 1e3
         self.consecutive_errors = 0
         with self._lock:
             self.counters["processed"] += 1
@@ -526,6 +587,8 @@ class Service:
                                 "without priors", frame.name, self.seq)
             self._telemetry_was_stale = stale
             priors = sample.priors if sample is not None else Priors(source="none")
+        elif cfg.kind == "mavlink":
+            priors = self._mavlink_priors(frame)
         elif cfg.kind == "fixed":
             priors = fixed_priors(dataclasses.asdict(cfg))
         else:
@@ -537,16 +600,38 @@ class Service:
                 meta = read_metadata(frame.path)
             except (ValueError, OSError) as exc:
                 raise TelemetryError(str(exc)) from exc
-        t_capture, t_source = frame.t_wall, "arrival"
         if priors.capture_time is not None:
             t_capture, t_source = priors.capture_time, "exif"
-        elif "t_capture" in frame.properties:
-            try:
-                t_capture, t_source = float(frame.properties["t_capture"]), "mqtt"
-            except ValueError as exc:
-                raise TelemetryError(f"{frame.name}: user property t_capture={frame.properties['t_capture']!r} "
-                                     "is not seconds since the epoch") from exc
+        else:
+            t_capture, t_source = self._frame_time(frame)
         return dataclasses.replace(priors, capture_time=t_capture), t_capture, t_source, meta
+
+    @staticmethod
+    def _frame_time(frame: Frame) -> tuple[float, str]:
+        """Capture time of a frame without EXIF time: the MQTT user property ``t_capture``, else its arrival."""
+        if "t_capture" not in frame.properties:
+            return frame.t_wall, "arrival"
+        try:
+            return float(frame.properties["t_capture"]), "mqtt"
+        except ValueError as exc:
+            raise TelemetryError(f"{frame.name}: user property t_capture={frame.properties['t_capture']!r} "
+                                 "is not seconds since the epoch") from exc
+
+    def _mavlink_priors(self, frame: Frame) -> Priors:
+        """The autopilot's priors at the frame's capture time (source ``mavlink``; ``capture_time`` left None for
+        the caller), or no priors (logged once per gap, counted in ``telemetry_stale``) when it has none then."""
+        assert self.bridge is not None
+        t_capture, _ = self._frame_time(frame)
+        priors = self.bridge.latest_priors(t_capture)
+        missing = priors is None
+        if missing:
+            with self._lock:
+                self.counters["telemetry_stale"] += 1
+            if not self._telemetry_was_stale:
+                self.report("telemetry_error", "no MAVLink priors at the capture time (link down or no ATTITUDE / "
+                            "GLOBAL_POSITION_INT around it); locating without priors", frame.name, self.seq)
+        self._telemetry_was_stale = missing
+        return Priors(source="none") if priors is None else dataclasses.replace(priors, capture_time=None)
 
     def _camera(self, frame: Frame, meta: Any, size: tuple[int, int]) -> CameraInfo | None:
         cfg = self.config.camera

@@ -1,0 +1,159 @@
+"""SIGKILL in the middle of writing artifacts: ``edge-maps build`` and ``edge-export`` run as real processes and are
+killed with SIGKILL (no handler, no cleanup) at chosen and at random moments.
+
+Map cache: a restart resumes from the per-tile progress and the finished cache is byte-identical to an uninterrupted
+build; at no moment is there a cache at ``--out`` that does not verify. Export: no half bundle ever appears at
+``--out`` (the bundle is built in a hidden ``.<name>.*.partial`` folder, which ``open_bundle`` refuses, and renamed
+into place), a rerun succeeds, and an export killed while overwriting a bundle leaves the old one intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle import BundleError, open_bundle
+from edge_runtime.map_cache import open_map_cache
+from maps.build import BuildConfig, build_cache, work_dir_for
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def map_paths(data_dir):
+    return [data_dir / "maps" / "brighton_ortho_0p10m_x364_y377.tif", data_dir / "sjer" / "2018" / "SJER_002.tif",
+            data_dir / "naip" / "naip_nd_20150926_x340_y330.tif"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_bundle, map_paths, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "cache"
+    build_cache(tiny_bundle, map_paths, out, BuildConfig(progress=False))
+    return out
+
+
+def listing(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def build_cmd(bundle: Path, maps: list[Path], out: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "maps.cli", "build", "--bundle", str(bundle), "--out", str(out), "--no-progress",
+           "--json", "--threads", "1"]
+    for m in maps:
+        cmd += ["--map", str(m)]
+    return cmd
+
+
+def tiles_done(work: Path) -> int:
+    total = 0
+    for f in (work / "progress").glob("*.npy") if work.is_dir() else ():
+        try:
+            total += int(np.load(f, allow_pickle=False).sum())
+        except (OSError, ValueError):  # replaced while reading: count it next time
+            pass
+    return total
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False when the process ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait(10)
+    raise TimeoutError("the condition never came true")
+
+
+def assert_no_cache_or_a_verified_one(out: Path, bundle: Path, reference: Path) -> None:
+    if out.exists():
+        open_map_cache(out, bundle=open_bundle(bundle))  # verifies every hash
+        assert listing(out) == listing(reference)
+
+
+def test_sigkill_during_a_map_cache_build_resumes_to_identical_files(tiny_bundle, map_paths, reference, tmp_path):
+    out = tmp_path / "cache"
+    work = work_dir_for(out)
+    for target in (2, 4):  # of 6 tiles (5 encoded, 1 without valid cells)
+        proc = subprocess.Popen(build_cmd(tiny_bundle, map_paths, out), cwd=REPO, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert kill_when(proc, lambda t=target: tiles_done(work) >= t, 120), "the build finished before the kill"
+        assert proc.returncode == -signal.SIGKILL
+        assert not out.exists(), "a killed build left a cache at --out"
+        assert tiles_done(work) >= target
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([work.name])  # nothing else left behind
+    done = subprocess.run(build_cmd(tiny_bundle, map_paths, out), cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["tiles_resumed"] >= 4 and summary["tiles"] == 6
+    assert not work.exists()
+    assert listing(out) == listing(reference)  # byte-identical to the uninterrupted build
+    open_map_cache(out, bundle=open_bundle(tiny_bundle))
+
+
+def test_sigkill_at_random_moments_never_leaves_a_corrupt_cache(tiny_bundle, map_paths, reference, tmp_path):
+    out = tmp_path / "cache"
+    rng = np.random.default_rng(20260925)
+    kills = 0
+    for delay in rng.uniform(0.2, 4.0, size=5):
+        proc = subprocess.Popen(build_cmd(tiny_bundle, map_paths, out), cwd=REPO, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        if kill_when(proc, lambda t0=t0, d=delay: time.monotonic() - t0 >= d, 300):
+            kills += 1
+        assert_no_cache_or_a_verified_one(out, tiny_bundle, reference)
+        if out.exists():
+            break
+    if not out.exists():
+        done = subprocess.run(build_cmd(tiny_bundle, map_paths, out), cwd=REPO, env=ENV, capture_output=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert kills >= 1
+    assert listing(out) == listing(reference)
+    assert not work_dir_for(out).exists()
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_leaves_no_half_bundle_and_a_rerun_succeeds(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bundle"
+    cmd = [sys.executable, "-m", "export.cli", "--checkpoint", str(tiny_checkpoint), "--precision", "fp32",
+           "--query-size", "256", "--tile-size", "512", "--no-engines", "--out", str(out)]
+
+    def partial_has_graph() -> bool:
+        return any(any(d.glob("*.onnx")) for d in tmp_path.glob(".bundle.*.partial"))
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert kill_when(proc, partial_has_graph, 600), "the export finished before the kill"
+    assert not out.exists(), "a killed export left a bundle at --out"
+    stale = list(tmp_path.glob(".bundle.*.partial"))
+    assert len(stale) == 1
+    with pytest.raises(BundleError, match="not a bundle"):
+        open_bundle(stale[0])  # the half-written folder can never be taken for a bundle
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    bundle = open_bundle(out)  # verifies every hash
+    good = listing(out)
+
+    # killed while replacing the bundle (--overwrite): the old bundle stays in place, intact
+    over = subprocess.Popen([*cmd, "--overwrite"], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    before = set(tmp_path.glob(".bundle.*.partial"))
+    assert kill_when(over, lambda: any(any(d.glob("*.onnx")) for d in set(tmp_path.glob(".bundle.*.partial"))
+                                       - before), 600)
+    assert open_bundle(out).bundle_id == bundle.bundle_id and listing(out) == good
