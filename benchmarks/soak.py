@@ -78,8 +78,9 @@ def growth(samples: Sequence[dict[str, Any]], warmup: int) -> dict[str, Any]:
         warmup: frames excluded from the baseline.
 
     Returns:
-        ``rss_baseline_kib``, ``rss_end_kib``, ``rss_growth_pct``, ``rss_slope_kib_per_1000``, ``fds_*`` and
-        ``threads_*`` (baseline, end, max after warm-up), ``samples_after_warmup``.
+        ``rss_baseline_kib``, ``rss_end_kib``, ``rss_growth_pct``, ``rss_slope_kib_per_1000``,
+        ``rss_growth_second_half_pct`` (end vs the middle of the run), ``fds_*`` and ``threads_*`` (baseline and end
+        as medians of 3 samples, max after warm-up), ``samples_after_warmup``.
 
     Raises:
         ValueError: fewer than 6 samples after the warm-up (the run is too short for a comparison).
@@ -103,9 +104,12 @@ def growth(samples: Sequence[dict[str, Any]], warmup: int) -> dict[str, Any]:
         "rss_growth_pct": round(100.0 * (end - base) / base, 3),
         "rss_slope_kib_per_1000": round(slope * 1000.0, 2),
     }
-    for key in ("fds", "threads"):
-        out[f"{key}_baseline"] = after[0][key]
-        out[f"{key}_end"] = after[-1][key]
+    half = after[len(after) // 2 :]
+    mid = statistics.median(s["rss_kib"] for s in half[:3])
+    out["rss_growth_second_half_pct"] = round(100.0 * (end - mid) / mid, 3)
+    for key in ("fds", "threads"):  # medians: a file being read at the sampling instant is not a leak
+        out[f"{key}_baseline"] = int(statistics.median(s[key] for s in after[:3]))
+        out[f"{key}_end"] = int(statistics.median(s[key] for s in after[-3:]))
         out[f"{key}_max"] = max(s[key] for s in after)
     return out
 
@@ -238,7 +242,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"soak: {report['frames_processed']} frames ({report['locator']} locator) in {report['seconds']} s "
         f"({report['fps']} fps); warm-up {report['warmup_frames']} frames",
         f"RSS {report['rss_baseline_kib'] / 1024:.1f} -> {report['rss_end_kib'] / 1024:.1f} MiB "
-        f"({report['rss_growth_pct']:+.2f} %, slope {report['rss_slope_kib_per_1000']:+.1f} KiB/1000 frames)",
+        f"({report['rss_growth_pct']:+.2f} %, slope {report['rss_slope_kib_per_1000']:+.1f} KiB/1000 frames; "
+        f"second half {report['rss_growth_second_half_pct']:+.2f} %)",
         f"fds {report['fds_baseline']} -> {report['fds_end']} (max {report['fds_max']}); threads "
         f"{report['threads_baseline']} -> {report['threads_end']} (max {report['threads_max']})",
         f"poses {c['poses']}, no fix {c['no_fix']}, frame errors {c['frame_error']}, locate errors "

@@ -224,3 +224,28 @@ def test_service_survives_broker_kills_reconnects_in_5s_and_accounts_for_every_p
         assert lost >= round(down_s * 10 * 0.6) - OUTBOX  # ~10 fps while the broker was down
     print("reconnect after broker return (s):", [o["reconnect_s"] for o in outages],
           "| undelivered counted", counted, "missing", missing)
+
+
+def test_undelivered_messages_are_counted_per_topic(tmp_path):
+    """Status messages share the outbox with poses: the pose count must not include them (overflow and expiry)."""
+    from edge_runtime.service.broker import LocalMosquitto
+    from edge_runtime.service.config import MqttConfig
+    from edge_runtime.service.mqtt import MqttLink
+
+    with LocalMosquitto(workdir=tmp_path / "b") as broker:
+        link = MqttLink(MqttConfig(port=broker.port, outbox_max=4, reconnect_min_s=0.2, reconnect_max_s=0.5),
+                        "count", STATUS, b"{}", lambda: b"{}")
+        for i in range(6):  # not connected yet: everything waits in the outbox
+            link.publish(POSE, json.dumps({"seq": i}).encode(), qos=0, expiry_s=1 if i >= 4 else None)
+            if i % 2:
+                link.publish(STATUS, b'{"event": "heartbeat"}', qos=1)
+        # outbox (4): status, pose 4, pose 5 (both expire after 1 s), status; dropped: poses 0-3 and one status
+        assert link.counters["outbox_dropped"] == 5 and link.undelivered == {POSE: 4, STATUS: 1}
+        time.sleep(1.1)  # poses 4 and 5 expire while waiting
+        link.start()
+        try:
+            assert link.wait_connected(5)
+            assert link.counters["outbox_expired"] == 2 and link.undelivered == {POSE: 6, STATUS: 1}
+            assert link.counters["published"] == 2  # the two status messages went out
+        finally:
+            link.stop(None)

@@ -63,14 +63,18 @@ def run_demo(checkpoint: Path, data: Path, out: Path, seed: int = 0) -> dict:
     encoded = encode_gallery(model, gallery)
     by_id = {m.map_id: m for m in gallery}
     for q, o in zip(queries, ours, strict=True):
-        if o.predicted_map is None:
-            continue
-        with torch.no_grad():
-            enc_q = model.encode(to_tensor(q.image))
-            quad, _, _, (pq, pr) = locate_on_map(model, enc_q, encoded[o.predicted_map], q.image.shape[1::-1], config)
-        truth = q.footprint_in_map() if o.predicted_map == q.map_id else None
-        title = f"{q.query_id}: map {o.predicted_map} IoU {100 * o.iou:.0f}%"
-        picture = draw_matches(q.image, by_id[o.predicted_map].image, pq, pr, None, truth, quad, title=title)
+        if o.predicted_map is None:  # not located: show the query beside its true map and the true footprint
+            title = f"{q.query_id}: not located ({o.reason})"
+            picture = draw_matches(q.image, by_id[q.map_id].image, np.zeros((0, 2)), np.zeros((0, 2)), None,
+                                   q.footprint_in_map(), None, title=title)
+        else:
+            with torch.no_grad():
+                enc_q = model.encode(to_tensor(q.image))
+                quad, _, _, (pq, pr) = locate_on_map(model, enc_q, encoded[o.predicted_map], q.image.shape[1::-1],
+                                                     config)
+            truth = q.footprint_in_map() if o.predicted_map == q.map_id else None
+            title = f"{q.query_id}: map {o.predicted_map} IoU {100 * o.iou:.0f}%"
+            picture = draw_matches(q.image, by_id[o.predicted_map].image, pq, pr, None, truth, quad, title=title)
         write_rgb_png(str(out / f"{q.query_id.replace('->', '_to_').replace('#', '_')}.png"), picture)
     report = {
         "checkpoint": str(checkpoint),
