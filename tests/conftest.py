@@ -32,21 +32,26 @@ def data_dir() -> Path:
 
 
 TOPICS = Path(__file__).resolve().parent.parent / "topicgeo" / "assets" / "topics_minilm.npz"
+REFERENCE = Path(__file__).resolve().parent.parent / "topicgeo" / "assets" / "topicgeo_cpu.pt"
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised ``cpu``-preset checkpoint with real MiniLM topic metadata (format tests only)."""
+    """A ``cpu``-preset checkpoint with real MiniLM topic metadata: the committed reference weights when present
+    (parity tests then run on trained activations), else a seeded random initialisation."""
     import torch
 
-    from topicgeo.checkpoint import save_checkpoint
+    from topicgeo.checkpoint import load_model, save_checkpoint
     from topicgeo.config import get_preset
     from topicgeo.model import TopicGeo
     from topicgeo.train.trainer import load_prompts_matrix, topics_metadata
 
     prompts = load_prompts_matrix(TOPICS)
     torch.manual_seed(0)
-    model = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
+    if REFERENCE.exists():
+        model = load_model(REFERENCE)
+    else:
+        model = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, model, {"topics": topics_metadata(TOPICS), "step": 0})
     return path

@@ -99,7 +99,7 @@ def load_prompts_matrix(path: str | Path) -> torch.Tensor:
     """Prompt embeddings ``(P, D)`` float32 from an ``export/topics.py`` ``.npz``."""
     from export.topics import load_topic_embeddings
 
-    return torch.from_numpy(np.asarray(load_topic_embeddings(Path(path)).embeddings, dtype=np.float32))
+    return torch.from_numpy(np.array(load_topic_embeddings(Path(path)).embeddings, dtype=np.float32))  # writable copy
 
 
 def topics_metadata(path: str | Path) -> dict[str, Any]:
