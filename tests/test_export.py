@@ -254,3 +254,25 @@ def test_manifest_hashes_cover_every_file(tiny_bundle: Path) -> None:
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     on_disk = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
     assert on_disk - {"manifest.json"} == set(manifest["files"])
+
+
+TRT_FP16_RTOL = 2e-2  # TensorRT FP16 vs ONNX Runtime FP32, max |a - b| / max |b|
+
+
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnxruntime(tiny_checkpoint: Path, real_pair, tmp_path: Path) -> None:
+    """On a CUDA machine with TensorRT: build FP16 engines and compare them with ONNX Runtime FP32 (unverified here)."""
+    pytest.importorskip("tensorrt")
+    query = real_pair[0]
+    out = export_bundle(tiny_checkpoint, tmp_path / "trt", ExportConfig("fp16", 256, 512, build_engines=True))
+    bundle = open_bundle(out)
+    assert bundle.manifest["engines_status"]["built"], bundle.manifest["engines_status"]
+    trt = open_graph(bundle, "encoder_query", BackendChoice("tensorrt")).backend
+    from edge_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    entry = bundle.graphs["encoder_query"]
+    ort32 = OnnxRuntimeBackend(bundle.onnx_path("encoder_query", "fp32"), entry.inputs, entry.outputs, "fp32")
+    feeds = {"image": _chw(query), "cell_valid": np.ones((1, 16), bool)}
+    a, b = trt.run(feeds), ort32.run(feeds)
+    for name in ("coarse", "fine1", "fine2"):
+        assert _rel(a[name], b[name]) < TRT_FP16_RTOL, name
