@@ -245,6 +245,9 @@ def test_undelivered_messages_are_counted_per_topic(tmp_path):
         link.start()
         try:
             assert link.wait_connected(5)
+            deadline = time.monotonic() + 5
+            while link.outbox_len and time.monotonic() < deadline:  # the flush runs right after CONNACK
+                time.sleep(0.01)
             assert link.counters["outbox_expired"] == 2 and link.undelivered == {POSE: 6, STATUS: 1}
             assert link.counters["published"] == 2  # the two status messages went out
         finally:

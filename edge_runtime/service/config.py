@@ -141,7 +141,7 @@ class MqttConfig:
     password_file: Path | None = None
     tls: TlsConfig = field(default_factory=TlsConfig)
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    reconnect_max_s: float = 4.0  # a broker back for > 5 s must see the vehicle again within 5 s
     outbox_max: int = 100
     will_delay_s: int = 0
 
