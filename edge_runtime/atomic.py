@@ -87,6 +87,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp creates 0700; bundles and caches are read by the service user
         replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
