@@ -97,14 +97,14 @@ class TrainConfig:
 
 def load_prompts_matrix(path: str | Path) -> torch.Tensor:
     """Prompt embeddings ``(P, D)`` float32 from an ``export/topics.py`` ``.npz``."""
-    from export.topics import load_topic_embeddings
+    from topicgeo.topics import load_topic_embeddings
 
     return torch.from_numpy(np.array(load_topic_embeddings(Path(path)).embeddings, dtype=np.float32))  # writable copy
 
 
 def topics_metadata(path: str | Path) -> dict[str, Any]:
     """Prompt strings, encoder id, dimension and hash of a topics file (stored in checkpoints and bundles)."""
-    from export.topics import load_topic_embeddings
+    from topicgeo.topics import load_topic_embeddings
 
     topics = load_topic_embeddings(Path(path))
     return {"prompts": list(topics.prompts), "encoder_id": topics.encoder_id, "dim": int(topics.dim),
