@@ -64,3 +64,13 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
     out = tmp_path_factory.mktemp("bundle") / "tiny_bundle"
     return export_bundle(tiny_checkpoint, out, ExportConfig("fp32", 256, 512, build_engines=False))
+
+
+@pytest.fixture(scope="session")
+def map_paths(data_dir: Path) -> list[Path]:
+    """Real GeoTIFF crops in three CRSs (EPSG:32615, 32611, 26914) used by the map-cache tests."""
+    return [
+        data_dir / "maps" / "brighton_ortho_0p10m_x364_y377.tif",
+        data_dir / "sjer" / "2018" / "SJER_002.tif",
+        data_dir / "naip" / "naip_nd_20150926_x340_y330.tif",
+    ]

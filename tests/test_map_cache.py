@@ -32,15 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def map_paths(data_dir):
-    return [
-        data_dir / "maps" / "brighton_ortho_0p10m_x364_y377.tif",
-        data_dir / "sjer" / "2018" / "SJER_002.tif",
-        data_dir / "naip" / "naip_nd_20150926_x340_y330.tif",
-    ]
-
-
-@pytest.fixture(scope="module")
 def cache_dir(tiny_bundle, map_paths, tmp_path_factory):
     out = tmp_path_factory.mktemp("map_cache") / "cache"
     build_cache(tiny_bundle, map_paths, out, BuildConfig(progress=False))

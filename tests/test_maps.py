@@ -30,15 +30,6 @@ CELL = 64
 
 
 @pytest.fixture(scope="module")
-def map_paths(data_dir):
-    return [
-        data_dir / "maps" / "brighton_ortho_0p10m_x364_y377.tif",
-        data_dir / "sjer" / "2018" / "SJER_002.tif",
-        data_dir / "naip" / "naip_nd_20150926_x340_y330.tif",
-    ]
-
-
-@pytest.fixture(scope="module")
 def built(tiny_bundle, map_paths, tmp_path_factory):
     out = tmp_path_factory.mktemp("maps") / "cache"
     summary = build_cache(tiny_bundle, map_paths, out, BuildConfig(progress=False))
