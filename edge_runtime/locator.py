@@ -19,6 +19,7 @@ Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -52,6 +53,9 @@ class LocatorConfig:
     Attributes:
         backend: inference backend choice (ONNX Runtime CPU by default; TensorRT with explicit fallback).
         content_scales: fractions of the query side the frame content is fitted to when no altitude is known.
+        search_rotations_deg: clockwise rotations of the frame tried when there is no yaw prior (the network is
+            trained on north-up +-45 degrees, so the four quarter turns cover the circle); with a yaw prior the frame
+            is rotated north-up by the yaw alone.
         target_ratio: wanted query/map scale ratio when the altitude is known (the network is trained on ~1.3-5x).
         shortlist: tiles scored with the geometric-consistency confidence after the batched MNN pass.
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
@@ -65,7 +69,8 @@ class LocatorConfig:
 
     backend: BackendChoice = field(default_factory=BackendChoice)
     content_scales: tuple[float, ...] = (1.0, 0.5)
-    target_ratio: float = 2.0
+    search_rotations_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
+    target_ratio: float = 1.6
     shortlist: int = 8
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     min_confidence: float = 0.01
@@ -78,6 +83,8 @@ class LocatorConfig:
     def __post_init__(self) -> None:
         if not self.content_scales or any(not 0.1 <= s <= 1.0 for s in self.content_scales):
             raise ValueError(f"content_scales must lie in [0.1, 1], got {self.content_scales}")
+        if not self.search_rotations_deg or not all(math.isfinite(r) for r in self.search_rotations_deg):
+            raise ValueError(f"search_rotations_deg must be finite angles, got {self.search_rotations_deg}")
         if self.target_ratio <= 0 or self.shortlist < 1 or self.min_inliers < 4:
             raise ValueError("target_ratio > 0, shortlist >= 1 and min_inliers >= 4 are required")
         if self.homography_threshold_px <= 0 or self.max_scale_error < 1 or self.prior_radius_m <= 0:
@@ -99,22 +106,47 @@ class PreparedQuery:
     scale: float
 
 
-def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 64) -> PreparedQuery:
-    """Resize ``frame (H, W, 3)`` so its long side is ``content_px`` and centre it on a ``size x size`` canvas."""
+def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 64,
+                  rotation_deg: float = 0.0) -> PreparedQuery:
+    """Resize ``frame (H, W, 3)`` so its long side is ``content_px``, rotate it clockwise by ``rotation_deg`` about
+    its centre and centre it on a ``size x size`` canvas (rotated corners that leave the canvas are cut off).
+
+    With the yaw prior (clockwise from north, the image top pointing at the yaw) ``rotation_deg = yaw`` puts north up,
+    the orientation the network sees most in training.
+    """
     h, w = frame.shape[:2]
     s = min(content_px, size) / max(h, w)
-    nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    x0, y0 = (size - nw) // 2, (size - nh) // 2
-    canvas = np.zeros((size, size, 3), np.uint8)
-    canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
-    valid = np.zeros((size, size), np.float32)
-    valid[y0 : y0 + nh, x0 : x0 + nw] = 1.0
+    if rotation_deg % 360.0 == 0.0:
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        x0, y0 = (size - nw) // 2, (size - nh) // 2
+        canvas = np.zeros((size, size, 3), np.uint8)
+        canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
+        valid = np.zeros((size, size), np.float32)
+        valid[y0 : y0 + nh, x0 : x0 + nw] = 1.0
+        sx, sy = nw / w, nh / h
+        # frame pixel centres -> canvas pixel centres (pixel-centre convention): x' = (x + 0.5) * s - 0.5 + x0
+        T = np.array([[sx, 0, 0.5 * sx - 0.5 + x0], [0, sy, 0.5 * sy - 0.5 + y0], [0, 0, 1]], dtype=np.float64)
+        scale = float(np.sqrt(sx * sy))
+    else:
+        src = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else frame
+        pre = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0]) if s < 1 else np.eye(3)
+        pre[:2, 2] = 0.5 * np.diag(pre)[:2] - 0.5  # pixel-centre convention of the pre-shrink
+        t = math.radians(rotation_deg)
+        k = s / pre[0, 0]
+        # clockwise on screen (y down) = the rotation matrix of +t in x-right / y-down coordinates
+        R = np.array([[k * math.cos(t), -k * math.sin(t)], [k * math.sin(t), k * math.cos(t)]])
+        c_src = np.array([(src.shape[1] - 1) / 2.0, (src.shape[0] - 1) / 2.0])
+        c_dst = np.array([(size - 1) / 2.0, (size - 1) / 2.0])
+        A = np.eye(3)
+        A[:2, :2] = R
+        A[:2, 2] = c_dst - R @ c_src
+        canvas = cv2.warpAffine(src, A[:2], (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        valid = cv2.warpAffine(np.ones(src.shape[:2], np.float32), A[:2], (size, size), flags=cv2.INTER_NEAREST)
+        T = A @ pre
+        scale = float(s)
     cells = valid.reshape(size // cell, cell, size // cell, cell).mean(axis=(1, 3)).ravel() >= 0.5
-    sx, sy = nw / w, nh / h
-    # frame pixel centres -> canvas pixel centres (pixel-centre convention): x' = (x + 0.5) * s - 0.5 + x0
-    T = np.array([[sx, 0, 0.5 * sx - 0.5 + x0], [0, sy, 0.5 * sy - 0.5 + y0], [0, 0, 1]], dtype=np.float64)
-    return PreparedQuery(canvas, cells, T, float(np.sqrt(sx * sy)))
+    return PreparedQuery(canvas, cells, T, scale)
 
 
 @dataclass
@@ -300,13 +332,14 @@ class Locator:
             contents = [min(self.query_size, self.config.target_ratio * expected)]
         else:
             contents = [s * self.query_size for s in self.config.content_scales]
+        rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
         lat["prepare"] = _ms(t0)
 
         best: tuple[float, PreparedQuery, dict, list[dict]] | None = None
         widened = False
-        for content in contents:
+        for content, rotation in itertools.product(contents, rotations):
             t = time.perf_counter()
-            prep = prepare_query(frame, self.query_size, content, self.cell)
+            prep = prepare_query(frame, self.query_size, content, self.cell, rotation)
             enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
             lat["encode_query"] = lat.get("encode_query", 0.0) + _ms(t)
             t = time.perf_counter()

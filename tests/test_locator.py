@@ -47,6 +47,40 @@ def test_prepare_query_maps_frame_pixels_onto_the_canvas(plot_rgb: np.ndarray, c
     assert prep.cell_valid.sum() == pytest.approx((size[0] / 64) * (size[1] / 64), abs=8)
 
 
+@pytest.mark.parametrize(("rotation", "content"), [(30.0, 400.0), (90.0, 512.0), (217.5, 256.0), (-45.0, 700.0)])
+def test_prepare_query_rotates_the_frame_clockwise_about_its_centre(plot_rgb: np.ndarray, rotation: float,
+                                                                    content: float) -> None:
+    h, w = 300, 400
+    frame = np.ascontiguousarray(plot_rgb[:h, :w])
+    prep = prepare_query(frame, 512, content, rotation_deg=rotation)
+    scale = min(content, 512) / w
+    # The frame centre lands on the canvas centre; the top edge's midpoint lies at ``rotation`` clockwise from up.
+    centre, top = project_points(prep.frame_to_canvas, np.array([[(w - 1) / 2, (h - 1) / 2], [(w - 1) / 2, 0.0]]))
+    assert centre == pytest.approx([255.5, 255.5], abs=1e-6)
+    up = top - centre  # canvas y grows downwards: up = (0, -1); clockwise by t = (sin t, -cos t)
+    t = np.radians(rotation)
+    assert up / np.linalg.norm(up) == pytest.approx([np.sin(t), -np.cos(t)], abs=1e-9)
+    assert np.linalg.norm(up) == pytest.approx(scale * (h - 1) / 2, rel=2e-3)
+    assert prep.scale == pytest.approx(scale)
+    # Content: canvas pixels at projected frame points equal the (scale-matched) frame there.
+    rng = np.random.default_rng(1)
+    pts = np.column_stack([rng.uniform(20, w - 21, 300), rng.uniform(20, h - 21, 300)])
+    on_canvas = project_points(prep.frame_to_canvas, pts)
+    inside = np.all((on_canvas > 1) & (on_canvas < 510), axis=1)
+    assert inside.sum() > 150
+    sampled = cv2.remap(prep.canvas, on_canvas[inside, None, 0].astype(np.float32),
+                        on_canvas[inside, None, 1].astype(np.float32), cv2.INTER_LINEAR)[:, 0]
+    blurred = cv2.resize(cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), (w, h))
+    direct = blurred[np.round(pts[inside, 1]).astype(int), np.round(pts[inside, 0]).astype(int)]
+    assert np.mean(np.abs(sampled.astype(float) - direct.astype(float))) < 30
+    # Cells left empty by the rotation are invalid; cells under the content are valid.
+    cell_centres = np.array([[64 * u + 31.5, 64 * v + 31.5] for v in range(8) for u in range(8)])
+    in_frame = project_points(np.linalg.inv(prep.frame_to_canvas), cell_centres)
+    deep_inside = np.all((in_frame > 40 / scale) & (in_frame < np.array([w, h]) - 40 / scale), axis=1)
+    far_outside = np.any((in_frame < -40 / scale) | (in_frame > np.array([w, h]) + 40 / scale), axis=1)
+    assert prep.cell_valid[deep_inside].all() and not prep.cell_valid[far_outside].any()
+
+
 def test_locate_result_never_carries_a_pose_without_a_fix() -> None:
     with pytest.raises(ValueError, match="reason"):
         LocateResult(ok=False)

@@ -43,17 +43,20 @@ def load_gallery(paths: list[Path]) -> list[GalleryMap]:
 
 
 def run_eval(checkpoint: Path, split: Path, data_root: Path, seed: int = 0, sift: bool = True,
-             limit: int | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint (and SIFT) on a split; returns the report."""
+             limit: int | None = None, quarter_turns: tuple[int, ...] = (0,)) -> dict[str, Any]:
+    """Evaluate a checkpoint (and SIFT) on a split; returns the report.
+
+    ``quarter_turns`` other than ``(0,)`` searches turned copies of every query (no yaw prior on the vehicle)."""
     suite, pairs = suite_from_split(split, data_root)
     protocol = NAIP_PROTOCOL if suite == "naip" else SJER_PROTOCOL
     queries = evaluation_queries(pairs, protocol, seed=seed)[:limit]
     gallery = load_gallery([m for _, m in pairs])
     model = load_model(checkpoint)
     t0 = time.perf_counter()
-    ours = evaluate_topicgeo(model, queries, gallery, EvalConfig())
+    ours = evaluate_topicgeo(model, queries, gallery, EvalConfig(quarter_turns=quarter_turns))
     report: dict[str, Any] = {
         "suite": suite, "split": str(split), "checkpoint": str(checkpoint), "seed": seed, "queries": len(queries),
+        "quarter_turns": list(quarter_turns),
         "gallery": [g.map_id for g in gallery], "topicgeo": summarize(ours),
         "topicgeo_seconds": round(time.perf_counter() - t0, 1),
     }
@@ -73,10 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="evaluate only the first N queries")
     parser.add_argument("--no-sift", action="store_true")
+    parser.add_argument("--quarter-turns", default="0",
+                        help="comma-separated clockwise quarter turns of each query to search (0 = the protocol; "
+                             "0,1,2,3 = the vehicle without a yaw prior)")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    report = run_eval(args.checkpoint, args.split, args.data_root, args.seed, not args.no_sift, args.limit)
+    try:
+        turns = tuple(int(t) for t in args.quarter_turns.split(","))
+    except ValueError:
+        parser.error(f"--quarter-turns must be integers 0..3, got {args.quarter_turns!r}")
+    report = run_eval(args.checkpoint, args.split, args.data_root, args.seed, not args.no_sift, args.limit, turns)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -46,9 +46,13 @@ class EvalConfig:
         consistency: geometric-consistency score parameters (reading A by default).
         homography_threshold_px: MAGSAC threshold in map pixels.
         recall_ks: the k of R@k to report.
+        quarter_turns: clockwise quarter turns of each query tried (best retrieval score wins); ``(0,)`` is the
+            supplement's protocol, ``(0, 1, 2, 3)`` the vehicle's search without a yaw prior (the locator's
+            ``search_rotations_deg``). Turns are exact pixel permutations (``np.rot90``).
     """
 
     retrieval_k: int = 0
+    quarter_turns: tuple[int, ...] = (0,)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     homography_threshold_px: float = 4.0
     recall_ks: tuple[int, ...] = (1, 3)
@@ -56,6 +60,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.retrieval_k < 0 or self.homography_threshold_px <= 0 or not self.recall_ks:
             raise ValueError("invalid EvalConfig")
+        if not self.quarter_turns or any(t not in (0, 1, 2, 3) for t in self.quarter_turns):
+            raise ValueError(f"quarter_turns must be a non-empty subset of 0..3, got {self.quarter_turns}")
 
 
 class GalleryMap(NamedTuple):
@@ -100,6 +106,18 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
 
 
+def quarter_turn(image: np.ndarray, turns: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image (H, W, ...)`` turned clockwise by ``turns`` quarter turns and the ``(3, 3)`` homography from the
+    original's pixel centres to the turned image's."""
+    turned = np.ascontiguousarray(np.rot90(image, -turns))
+    H = np.eye(3)
+    h, w = image.shape[:2]
+    for _ in range(turns % 4):  # one clockwise turn of an h x w image: (x, y) -> (h - 1 - y, x)
+        H = np.array([[0.0, -1.0, h - 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ H
+        h, w = w, h
+    return turned, H
+
+
 def coarse_candidate_score(
     model: TopicGeo, query: EncodedImage, ref: EncodedImage, config: EvalConfig
 ) -> tuple[float, int]:
@@ -118,9 +136,15 @@ def coarse_candidate_score(
 
 
 def locate_on_map(
-    model: TopicGeo, query: EncodedImage, ref: EncodedImage, query_size: tuple[int, int], config: EvalConfig
+    model: TopicGeo, query: EncodedImage, ref: EncodedImage, query_size: tuple[int, int], config: EvalConfig,
+    query_to_input: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, int, str | None, tuple[np.ndarray, np.ndarray]]:
-    """Fine matching + homography on one map; returns footprint (4, 2) or None, inliers, reason, matches."""
+    """Fine matching + homography on one map; returns footprint (4, 2) or None, inliers, reason, matches.
+
+    ``query`` encodes the query image of ``query_size (w, h)`` itself or, when ``query_to_input (3, 3)`` is given,
+    a transformed copy of it (a quarter turn): the footprint is always the original query's outline, and the
+    returned matches are in the encoded image's pixels.
+    """
     coarse = model.match_coarse(query, ref)
     level1 = model.match_level1(query, ref, coarse.idx_q, coarse.idx_r, coarse.valid)
     l2q, l2r, l2v = model.select_level2_windows(level1)
@@ -130,10 +154,13 @@ def locate_on_map(
     pts_r = level2.pts_r[0].numpy()[valid].astype(np.float64)
     if not coarse.valid.any():
         return None, 0, "no coarse match", (pts_q, pts_r)
-    hom = estimate_homography(pts_q, pts_r, config.homography_threshold_px, image_size=query_size)
+    to_input = np.eye(3) if query_to_input is None else np.asarray(query_to_input, dtype=np.float64)
+    input_size = tuple(np.abs(to_input[:2, :2]) @ np.asarray(query_size, dtype=np.float64))  # (w, h) turned
+    hom = estimate_homography(pts_q, pts_r, config.homography_threshold_px,
+                              image_size=(round(input_size[0]), round(input_size[1])))
     if not hom.ok:
         return None, 0, hom.reason, (pts_q, pts_r)
-    return footprint(hom.H, *query_size), hom.num_inliers, None, (pts_q, pts_r)
+    return footprint(hom.H @ to_input, *query_size), hom.num_inliers, None, (pts_q, pts_r)
 
 
 def encode_gallery(model: TopicGeo, gallery: list[GalleryMap]) -> dict[str, EncodedImage]:
@@ -158,8 +185,15 @@ def evaluate_topicgeo(
         for q in tqdm(queries, desc="topicgeo", leave=False):
             t0 = time.perf_counter()
             h, w = q.image.shape[:2]
-            enc_q = model.encode(to_tensor(q.image))
-            scores = {mid: coarse_candidate_score(model, enc_q, enc, config)[0] for mid, enc in encoded.items()}
+            scores: dict[str, float] = {}
+            turn_of: dict[str, tuple[np.ndarray, EncodedImage]] = {}
+            for turns in config.quarter_turns:
+                image, to_turned = quarter_turn(q.image, turns)
+                enc_q = model.encode(to_tensor(image))
+                for mid, enc in encoded.items():
+                    score = coarse_candidate_score(model, enc_q, enc, config)[0]
+                    if mid not in scores or score > scores[mid]:
+                        scores[mid], turn_of[mid] = score, (to_turned, enc_q)
             # Only candidates with evidence are ranked: ties at zero must not count as retrievals.
             ranking = sorted((k for k in scores if scores[k] > 0), key=lambda k: -scores[k])
             if not ranking:
@@ -167,7 +201,8 @@ def evaluate_topicgeo(
                                        time.perf_counter() - t0, len(gallery)))
                 continue
             best = ranking[0]
-            quad, inliers, reason, _ = locate_on_map(model, enc_q, encoded[best], (w, h), config)
+            to_turned, enc_q = turn_of[best]
+            quad, inliers, reason, _ = locate_on_map(model, enc_q, encoded[best], (w, h), config, to_turned)
             outcomes.append(_score(q, ranking, best, quad, inliers, reason, time.perf_counter() - t0, len(gallery)))
     return outcomes
 

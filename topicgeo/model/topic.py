@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -23,8 +24,17 @@ class TopicOutput(NamedTuple):
     theta: torch.Tensor
 
 
+def unit_scaled(features: torch.Tensor) -> torch.Tensor:
+    """``(..., C)`` features scaled to norm ``sqrt(C)`` (in fp32), so the coarse similarity ``<f_q, f_r> / C`` is the
+    cosine and the dual-softmax logits span ``[-1/T, 1/T]`` whatever the weights' scale (weight decay cannot
+    flatten the coarse confidences)."""
+    c = features.shape[-1]
+    return (nn.functional.normalize(features.float(), dim=-1) * math.sqrt(c)).to(features.dtype)
+
+
 class TopicModule(nn.Module):
-    """``F_SA = SA^n(Fc + PE)``; ``F_CA = CA^n(Linear_ca(Fc), prompts)``; ``out = Linear_d(concat(F_SA, F_CA))``."""
+    """``F_SA = SA^n(Fc + PE)``; ``F_CA = CA^n(Linear_ca(Fc), prompts)``; ``out = Linear_d(concat(F_SA, F_CA))``
+    scaled to norm ``sqrt(d_model)`` per cell."""
 
     def __init__(self, config: TopicConfig) -> None:
         super().__init__()
@@ -65,7 +75,7 @@ class TopicModule(nn.Module):
         ca = self.to_ca(tokens)
         for layer in self.ca_layers:
             ca = layer(ca, source)
-        features = self.fuse(torch.cat([sa, ca], dim=-1))
+        features = unit_scaled(self.fuse(torch.cat([sa, ca], dim=-1)))
         theta = self.topic_distribution(ca, source)
         return TopicOutput(features=features, theta=theta)
 

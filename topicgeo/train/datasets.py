@@ -56,17 +56,29 @@ def build_training_dataset(
     naip_weight: int = 1,
     samples_per_epoch: int = 10_000,
     seed: int = 0,
+    sjer_side_fraction_range: tuple[float, float] = (0.4, 0.95),
+    naip_side_range: tuple[float, float] = (90.0, 400.0),
+    rotation_deg: tuple[float, float] = (0.0, 360.0),
 ) -> MixedPairs:
-    """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``."""
+    """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``.
+
+    ``rotation_deg`` narrows the query rotations for a curriculum stage (the vehicle de-rotates frames with its
+    heading prior, so a CPU budget is better spent on scale and season than on the full circle).
+    """
+    rotation = (float(rotation_deg[0]), float(rotation_deg[1]))
     parts: dict[str, PairDataset] = {}
     weights: dict[str, int] = {}
     if sjer_root:
-        synth = QuerySynthesisConfig(query_size=query_size, side_fraction_range=(0.4, 0.95))
+        synth = QuerySynthesisConfig(
+            query_size=query_size, side_fraction_range=tuple(sjer_side_fraction_range), rotation_deg=rotation
+        )
         cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
         parts["sjer"] = PairDataset(sjer_sources(sjer_root, sjer_split), cfg, seed=seed, length=samples_per_epoch)
         weights["sjer"] = sjer_weight
     if naip_root:
-        synth = QuerySynthesisConfig(query_size=query_size, side_range=(90.0, 400.0), side_fraction_range=None)
+        synth = QuerySynthesisConfig(
+            query_size=query_size, side_range=tuple(naip_side_range), side_fraction_range=None, rotation_deg=rotation
+        )
         cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
         parts["naip"] = PairDataset(
             naip_sources(naip_root, naip_split, "train"), cfg, seed=seed + 1, length=samples_per_epoch
