@@ -135,6 +135,7 @@ class BenchConfig:
     peer_rotations: int = 1
     xfeat_top_k: int = 4096
     peer_min_inliers: int = 4
+    sensor_width_mm: float | None = 6.17
     threads: int = 0
     loftr_pairs: int = 3
     query_size: int = 512
@@ -280,6 +281,8 @@ class Bench:
                 cmd += ["--backend", "tensorrt"]
             if not exif:
                 cmd.append("--no-exif")
+            elif self.config.sensor_width_mm:  # EXIF focal length in mm without a calibrated one (Phantom 3)
+                cmd += ["--sensor-width-mm", str(self.config.sensor_width_mm)]
             offline = {"cache_build_s": round(build_s, 2)}
         else:
             stats = self.work / "stats" / f"{tag}_{method}.json"
@@ -582,6 +585,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--xfeat-top-k", type=int, default=4096, help="XFeat keypoints per image")
     p.add_argument("--peer-min-inliers", type=int, default=4,
                    help="fewest homography inliers for a peer fix (4: any valid homography; 12: edge-locate's gate)")
+    p.add_argument("--sensor-width-mm", type=float, default=6.17,
+                   help="sensor width for frames whose EXIF has no calibrated focal length (Brighton: Phantom 3)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--loftr-pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary, removed)")
@@ -612,7 +617,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_sjer_queries=args.max_sjer_queries, naip_queries=args.naip_queries,
         brighton_frames=args.brighton_frames, latency_queries=args.latency_queries, areas_km2=areas,
         peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
-        peer_min_inliers=args.peer_min_inliers,
+        peer_min_inliers=args.peer_min_inliers, sensor_width_mm=args.sensor_width_mm,
         threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work,
         keep_work=args.keep_work, timeout_s=args.timeout, label=args.label)
 

@@ -43,8 +43,12 @@ def read_frame(path: Path) -> np.ndarray:
 
 
 def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | None, gsd: float | None,
-                 use_exif: bool = True) -> tuple[Priors, Any]:
-    """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present."""
+                 use_exif: bool = True, sensor_width_mm: float | None = None) -> tuple[Priors, Any]:
+    """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present.
+
+    ``sensor_width_mm`` gives the intrinsics of cameras whose metadata has a focal length in mm but no calibrated
+    focal length in pixels (e.g. the DJI Phantom 3: 6.17 mm).
+    """
     camera = None
     meta = None
     if use_exif and path.suffix.lower() in (".jpg", ".jpeg"):
@@ -52,7 +56,7 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
             from calibration.exif import camera_from_metadata, read_metadata
 
             meta = read_metadata(path)
-            camera = camera_from_metadata(meta)
+            camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm)
         except Exception as exc:  # no usable EXIF: the frame is still located, without those priors
             logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
     if camera is not None and camera.size != (frame_shape[1], frame_shape[0]):
@@ -117,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--altitude", type=float, help="altitude above ground in metres (overrides EXIF)")
     group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
     parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
+    parser.add_argument("--sensor-width-mm", type=float,
+                        help="sensor width for EXIF intrinsics without a calibrated focal length (Phantom 3: 6.17)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--allow-fallback", action="store_true", help="fall back to ONNX Runtime if TensorRT fails")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for image in args.images:
         try:
             frame = read_frame(image)
-            priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif)
+            priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
+                                                     args.sensor_width_mm)
             cam = camera if camera is not None else exif_camera
             if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
                 cam = cam.scaled(frame.shape[1], frame.shape[0])

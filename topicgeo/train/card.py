@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -51,18 +52,28 @@ def plot_losses(log: dict[str, list[float]], out: Path) -> None:
     plt.close(fig)
 
 
-def release(run: Path, evals: list[Path], out: Path) -> Path:
-    """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``."""
+def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | None = None,
+            tuning: Path | None = None) -> Path:
+    """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``.
+
+    ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on training plots by
+    :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes).
+    """
     last = run / "last.pt"
     payload = read_checkpoint(last)
     model = load_model(last)
+    if coarse_threshold is not None:
+        model.config = dataclasses.replace(
+            model.config, matching=dataclasses.replace(model.config.matching, threshold=coarse_threshold)
+        )
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
     save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
     log = read_log(run / "log.csv")
     plot_losses(log, out / "loss_curve.png")
     reports = [json.loads(p.read_text()) for p in evals]
-    (out / "MODEL_CARD.md").write_text(card_text(payload, log, reports))
+    tune = json.loads(tuning.read_text()) if tuning else None
+    (out / "MODEL_CARD.md").write_text(card_text(payload, log, reports, model.config.matching.threshold, tune))
     return out / "topicgeo_cpu.pt"
 
 
@@ -72,7 +83,8 @@ def _fmt(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
     return " / ".join(f"{summary.get(k, '-')}" for k in keys)
 
 
-def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: list[dict[str, Any]]) -> str:
+def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: list[dict[str, Any]],
+              coarse_threshold: float = 0.2, tuning: dict[str, Any] | None = None) -> str:
     """The model card (markdown)."""
     cfg = payload.get("train_config", {})
     hours = float(payload.get("wall_seconds", 0.0)) / 3600.0
@@ -87,8 +99,17 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "## Training",
         f"- Steps: {payload.get('step')} (batch {cfg.get('batch_size')} pairs), wall time {hours:.2f} h on a "
         "2-core CPU shared with other work.",
-        f"- Config: `configs/train_cpu.yaml` (preset `{cfg.get('preset')}`, lr {cfg.get('lr')}, AdamW wd "
-        f"{cfg.get('weight_decay')}, warm-up {cfg.get('warmup_steps')}, grad clip {cfg.get('grad_clip')}).",
+        f"- Config of the last stage: `{cfg.get('out_dir')}` (preset `{cfg.get('preset')}`, lr {cfg.get('lr')}, "
+        f"milestones {cfg.get('milestones')}, AdamW wd {cfg.get('weight_decay')}, grad clip {cfg.get('grad_clip')}, "
+        f"data {json.dumps({k: v for k, v in cfg.get('data', {}).items() if 'root' not in k})}); "
+        f"warm start: {cfg.get('init_from') or 'none'}.",
+        "- Curriculum: stage 1 `configs/train_cpu.yaml` (full-circle rotations, the supplement's scale ranges), "
+        "stage 2 `configs/train_cpu_stage2.yaml` (north-up +-45 degrees, scales near the locator's GSD-matched input). "
+        "The vehicle de-rotates frames with its yaw prior or searches the four quarter turns.",
+        f"- Coarse threshold theta_c = {coarse_threshold} (test time, in the config inside the checkpoint)"
+        + (f", chosen on training plots by `python -m topicgeo.eval.tune` (retrieval R@1 by threshold on "
+           f"{tuning['queries']} queries of `{tuning['split']}`: {tuning['retrieval_R@1']})" if tuning else "")
+        + ".",
         f"- Prompt embeddings: {payload.get('topics', {}).get('encoder_id')} ({payload.get('topics', {}).get('dim')}-d,"
         " 31 prompts of Table 2).",
         "- Data: SJER plots of `topicgeo/splits/sjer_train.txt` (2017 <-> 2018) and the NAIP train date pairs of "
@@ -101,17 +122,18 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "",
         "## Evaluation (dev splits, evaluation.md protocol, `topicgeo-eval`)",
         "",
-        "| suite | queries | TopicGeo R@1 / R@3 / mIoU (%) | SIFT + MAGSAC R@1 / R@3 / mIoU (%) |",
-        "|---|---|---|---|",
+        "| suite | queries | quarter turns searched | TopicGeo R@1 / R@3 / mIoU | SIFT + MAGSAC R@1 / R@3 / mIoU |",
+        "|---|---|---|---|---|",
     ]
     for r in reports:
         keys = ("R@1", "R@3", "mIoU")
-        lines.append(f"| {r['suite']} ({Path(r['split']).name}) | {r['queries']} | {_fmt(r.get('topicgeo'), keys)} | "
-                     f"{_fmt(r.get('sift_magsac'), keys)} |")
+        lines.append(f"| {r['suite']} ({Path(r['split']).name}) | {r['queries']} | {r.get('quarter_turns', [0])} | "
+                     f"{_fmt(r.get('topicgeo'), keys)} | {_fmt(r.get('sift_magsac'), keys)} |")
     lines += [
         "",
         "Reproduce: `topicgeo-eval --checkpoint topicgeo/assets/topicgeo_cpu.pt --split topicgeo/splits/sjer_dev.txt` "
-        "(and `--split topicgeo/splits/naip.json`), with `../shared/data` present.",
+        "(and `--split topicgeo/splits/naip.json`; `--quarter-turns 0,1,2,3` for the vehicle's search without a yaw "
+        "prior), with `../shared/data` present.",
         "",
         "## Limits",
         "- Trained for a short time on 2 CPU cores; far from converged. The target (R@1 >= 90 %, mIoU >= 80 % on "
@@ -129,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, default=Path("runs/cpu_reference"))
     parser.add_argument("--eval", type=Path, nargs="*", default=[])
     parser.add_argument("--out", type=Path, default=Path("topicgeo/assets"))
+    parser.add_argument("--coarse-threshold", type=float, help="store this coarse threshold in the released config")
+    parser.add_argument("--tuning", type=Path, help="the topicgeo.eval.tune report that chose it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(release(args.run, args.eval, args.out))
+    print(release(args.run, args.eval, args.out, args.coarse_threshold, args.tuning))
     return 0
 
 

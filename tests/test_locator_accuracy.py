@@ -1,0 +1,110 @@
+"""The reference checkpoint through the vehicle's path (ONNX Runtime bundle + map cache + locator) on real frames.
+
+The bundled Brighton Beach DJI frames (demo_data/brighton, EXIF altitude and gimbal yaw as priors, Phantom 3 sensor
+width for the intrinsics) on the bundled orthophotos: the frames are located within the error bound below against
+the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: the locator searches the quarter turns)
+lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
+
+Bounds are those the committed checkpoint reaches (topicgeo/assets/MODEL_CARD.md); the issue's targets (every frame,
+median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``, not asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.locate_cli import frame_priors, read_frame
+from edge_runtime.locator import Locator, LocatorConfig
+from edge_runtime.types import Priors
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "demo_data" / "brighton"
+REFERENCE = REPO / "topicgeo" / "assets" / "topicgeo_cpu.pt"
+PHANTOM3_SENSOR_WIDTH_MM = 6.17
+
+MIN_LOCATED = 4  # of the 6 bundled frames
+MAX_MEDIAN_ERROR_M = 3.0
+MAX_ROTATION_SPREAD_M = 1.0
+
+pytestmark = pytest.mark.skipif(not REFERENCE.exists(), reason="reference checkpoint not committed")
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    r = 6_371_008.8
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+@pytest.fixture(scope="module")
+def locator(tmp_path_factory: pytest.TempPathFactory) -> Locator:
+    from export.bundle_writer import ExportConfig, export_bundle
+    from maps.build import BuildConfig, build_cache
+
+    work = tmp_path_factory.mktemp("accuracy")
+    bundle = export_bundle(REFERENCE, work / "bundle", ExportConfig("fp32", 512, 512, build_engines=False))
+    cache = work / "cache"
+    build_cache(bundle, sorted((DEMO / "maps").glob("*.tif")), cache, BuildConfig(progress=False))
+    return Locator.open(bundle, cache, LocatorConfig())
+
+
+@pytest.fixture(scope="module")
+def truth() -> dict[str, tuple[float, float]]:
+    shots = json.loads((DEMO / "shots.geojson").read_text())
+    return {f["properties"]["filename"]: (f["geometry"]["coordinates"][1], f["geometry"]["coordinates"][0])
+            for f in shots["features"]}
+
+
+def _locate(locator: Locator, path: Path, frame: np.ndarray | None = None, yaw: bool = True):  # noqa: ANN202
+    image = read_frame(path) if frame is None else frame
+    priors, camera = frame_priors(path, read_frame(path).shape[:2], None, None, True, PHANTOM3_SENSOR_WIDTH_MM)
+    if not yaw:
+        priors = Priors(altitude_agl_m=priors.altitude_agl_m, capture_time=priors.capture_time, source="exif")
+    if frame is not None and camera is not None and image.shape[:2] != (camera.size[1], camera.size[0]):
+        camera = camera.scaled(image.shape[1], image.shape[0])  # a quarter turn swaps the sides: same focal length
+    locator.last_fix = None  # every frame on its own: no temporal prior between the cases
+    return locator.locate(image, priors, camera)
+
+
+@pytest.mark.slow
+def test_bundled_drone_frames_are_located_within_the_bound(locator: Locator, truth: dict) -> None:
+    errors = []
+    for path in sorted((DEMO / "frames").glob("*.JPG")):
+        result = _locate(locator, path)
+        if result.ok:
+            errors.append(haversine_m(result.lat, result.lon, *truth[path.name]))
+    assert len(errors) >= MIN_LOCATED, errors
+    assert float(np.median(errors)) <= MAX_MEDIAN_ERROR_M, errors
+
+
+@pytest.mark.slow
+def test_a_turned_frame_lands_on_the_same_position(locator: Locator) -> None:
+    path = DEMO / "frames" / "DJI_0021.JPG"
+    upright = _locate(locator, path, yaw=False)
+    assert upright.ok, upright.reason
+    for turns in (1, 2, 3):
+        turned = np.ascontiguousarray(np.rot90(read_frame(path), -turns))
+        result = _locate(locator, path, turned, yaw=False)
+        assert result.ok, (turns, result.reason)
+        assert haversine_m(result.lat, result.lon, upright.lat, upright.lon) <= MAX_ROTATION_SPREAD_M, turns
+        # the heading follows the turn: clockwise turns of the image turn the camera heading counter-clockwise
+        expected = (upright.heading_deg - 90.0 * turns) % 360.0
+        assert abs((result.heading_deg - expected + 180.0) % 360.0 - 180.0) < 5.0, (turns, result.heading_deg)
+
+
+@pytest.mark.slow
+def test_a_frame_of_somewhere_else_is_not_located(locator: Locator, data_dir: Path) -> None:
+    from topicgeo.data.raster import GeoRaster
+
+    for path in (data_dir / "sjer" / "2018" / "SJER_002.tif", data_dir / "naip" / "naip_nd_20160816_x340_y330.tif"):
+        with GeoRaster(path) as raster:
+            image, _ = raster.read_rgb()
+        for yaw in (0.0, None):
+            result = locator.locate(image, Priors(yaw_deg=yaw))
+            assert not result.ok, f"{path.name} placed on {result.map_id} at {result.lat}, {result.lon}"
+            assert result.reason

@@ -1,0 +1,104 @@
+"""Choose the coarse confidence threshold of a checkpoint on TRAINING plots (never on the dev split it is judged on).
+
+``python -m topicgeo.eval.tune --checkpoint runs/cpu_stage2/last.pt --split topicgeo/splits/sjer_train.txt``
+
+The threshold ``theta_c`` (``MatchingConfig.threshold``, 0.2 in the paper) gates which MKNN pairs enter the
+geometric-consistency retrieval score and the fine stage. A small network trained briefly on a CPU gives sharp but
+low dual-softmax peaks (its coarse confidences rarely pass 0.2), so the paper's value leaves it no coarse matches at
+all. This script measures retrieval R@1 for a list of thresholds on queries drawn with the evaluation protocol from
+the training plots, and prints a JSON report with the best one (ties go to the larger threshold). It is a test-time
+parameter: the weights do not change; ``python -m topicgeo.train.card --coarse-threshold`` stores the choice in the
+released checkpoint's config, from where ``edge-export`` copies it into the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from topicgeo.checkpoint import load_model
+from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries
+from topicgeo.eval.cli import DEFAULT_DATA, load_gallery, suite_from_split
+from topicgeo.eval.evaluate import EvalConfig, coarse_candidate_score, encode_gallery, quarter_turn, to_tensor
+from topicgeo.model.topicgeo import TopicGeo
+
+logger = logging.getLogger(__name__)
+
+
+def with_threshold(model: TopicGeo, threshold: float) -> TopicGeo:
+    """``model`` with its coarse threshold replaced (same weights, validated config)."""
+    model.config = dataclasses.replace(
+        model.config, matching=dataclasses.replace(model.config.matching, threshold=threshold)
+    )
+    return model
+
+
+def retrieval_recall_by_threshold(
+    model: TopicGeo, queries: list[Any], gallery: list[Any], thresholds: list[float],
+    quarter_turns: tuple[int, ...] = (0, 1, 2, 3),
+) -> dict[float, float]:
+    """Retrieval R@1 (right map, or on one-map galleries a positive score) for each threshold."""
+    model.eval()
+    encoded = encode_gallery(model, gallery)
+    original = model.config.matching.threshold
+    hits = dict.fromkeys(thresholds, 0)
+    try:
+        with torch.no_grad():
+            for q in tqdm(queries, desc="tune", leave=False):
+                best = dict.fromkeys(thresholds, (0.0, None))
+                for turns in quarter_turns:
+                    enc_q = model.encode(to_tensor(quarter_turn(q.image, turns)[0]))
+                    for mid, enc in encoded.items():
+                        for t in thresholds:
+                            score = coarse_candidate_score(with_threshold(model, t), enc_q, enc, EvalConfig())[0]
+                            if score > best[t][0]:
+                                best[t] = (score, mid)
+                for t in thresholds:
+                    hits[t] += int(best[t][1] == q.map_id)
+    finally:
+        with_threshold(model, original)
+    return {t: hits[t] / max(1, len(queries)) for t in thresholds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--split", type=Path, default=Path("topicgeo/splits/sjer_train.txt"))
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--thresholds", default="0.2,0.1,0.05,0.02,0.01,0.005,0.002")
+    parser.add_argument("--limit", type=int, default=24, help="queries used (the first N of the protocol draw)")
+    parser.add_argument("--seed", type=int, default=1, help="protocol seed (dev reports use seed 0)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        thresholds = sorted({float(t) for t in args.thresholds.split(",")}, reverse=True)
+    except ValueError:
+        parser.error(f"--thresholds must be numbers, got {args.thresholds!r}")
+    suite, pairs = suite_from_split(args.split, args.data_root)
+    protocol = NAIP_PROTOCOL if suite == "naip" else SJER_PROTOCOL
+    queries = evaluation_queries(pairs, protocol, seed=args.seed)[: args.limit]
+    gallery = load_gallery([m for _, m in pairs])
+    recall = retrieval_recall_by_threshold(load_model(args.checkpoint), queries, gallery, thresholds)
+    best = max(thresholds, key=lambda t: (recall[t], t))
+    report = {"checkpoint": str(args.checkpoint), "split": str(args.split), "seed": args.seed,
+              "queries": len(queries), "gallery": len(gallery), "quarter_turns": [0, 1, 2, 3],
+              "retrieval_R@1": {str(t): round(r, 4) for t, r in recall.items()}, "best_threshold": best}
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
