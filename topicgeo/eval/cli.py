@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.atomic import atomic_write_bytes
 from topicgeo.checkpoint import load_model
 from topicgeo.data.pairs import naip_eval_pairs, sjer_eval_pairs
 from topicgeo.data.raster import GeoRaster
@@ -66,6 +67,15 @@ def run_eval(checkpoint: Path, split: Path, data_root: Path, seed: int = 0, sift
     return report
 
 
+def emit_report(report: dict[str, Any], out: Path | None) -> None:
+    """Print a JSON report and, when ``out`` is given, write it there atomically."""
+    text = json.dumps(report, indent=2)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, text.encode())
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``topicgeo-eval``."""
     parser = argparse.ArgumentParser(prog="topicgeo-eval", description=__doc__,
@@ -87,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--quarter-turns must be integers 0..3, got {args.quarter_turns!r}")
     report = run_eval(args.checkpoint, args.split, args.data_root, args.seed, not args.no_sift, args.limit, turns)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit_report(report, args.out)
     return 0
 
 

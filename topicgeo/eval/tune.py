@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from topicgeo.checkpoint import load_model
 from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries
-from topicgeo.eval.cli import DEFAULT_DATA, load_gallery, suite_from_split
+from topicgeo.eval.cli import DEFAULT_DATA, emit_report, load_gallery, suite_from_split
 from topicgeo.eval.evaluate import (
     EvalConfig,
     coarse_candidate_score,
@@ -125,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
               "queries": len(queries), "gallery": len(gallery), "quarter_turns": [0, 1, 2, 3],
               "retrieval_R@1": {str(t): round(r, 4) for t, r in recall.items()}, "best_threshold": best,
               "full_by_fine_threshold": {str(t): v for t, v in full.items()}, "best_fine_threshold": best_fine}
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    print(text)
+    emit_report(report, args.out)
     return 0
 
 
