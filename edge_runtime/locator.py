@@ -56,7 +56,8 @@ class LocatorConfig:
         search_rotations_deg: clockwise rotations of the frame tried when there is no yaw prior (the network is
             trained on north-up +-45 degrees, so the four quarter turns cover the circle); with a yaw prior the frame
             is rotated north-up by the yaw alone.
-        target_ratio: wanted query/map scale ratio when the altitude is known (the network is trained on ~1.3-5x).
+        target_ratio: wanted query/map scale ratio when the altitude is known (the reference checkpoint ends its
+            training on ~0.85-2.6x, see configs/train_cpu_stage2.yaml).
         shortlist: tiles scored with the geometric-consistency confidence after the batched MNN pass.
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
