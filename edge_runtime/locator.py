@@ -288,7 +288,9 @@ class Locator:
             origin = self.index.centres_px[t] - (self.tile_size - 1) / 2.0
             pts_q = q_centres[iq]
             pts_r = t_centres[ir] + origin
-            res = geometric_consistency(pts_q, pts_r, int(valid_q.sum()), self.config.consistency)
+            # The normaliser is the whole query grid, shared by every candidate (all scales and rotations of the
+            # frame), as in topicgeo-eval: normalising by the valid cells would inflate small-content candidates.
+            res = geometric_consistency(pts_q, pts_r, int(valid_q.size), self.config.consistency)
             out.append({"tile": t, "map_id": self.index.map_ids[t], "score": float(res.score),
                         "matches": len(iq), "scale": float(res.scale), "angle": float(res.angle),
                         "pts_q": pts_q[res.inliers], "pts_r": pts_r[res.inliers]})

@@ -70,7 +70,9 @@ def test_amqtt_carries_qos1_and_retained_messages_and_restarts_without_persisten
     # a subscriber that arrives later gets the retained message, flagged as retained
     late = RecordingSubscriber(b.port, ["demo/state"], protocol="v311", client_id="late")
     assert late.wait_for(lambda s: s.messages, 5)
-    assert late.messages[0].retain and late.json("demo/state") == [{"online": True}]
+    # QoS 1 is at-least-once: amqtt may hand a subscriber the retained message more than once, every copy retained
+    copies = late.json("demo/state")
+    assert copies and all(c == {"online": True} for c in copies) and all(m.retain for m in late.messages)
     for client in (live, late):
         client.close()
     pub.loop_stop()
