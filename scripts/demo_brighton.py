@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness.metrics import haversine_m
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "demo_data" / "brighton"
 VEHICLE = "demo01"
@@ -41,15 +43,6 @@ PREFIX = f"topicgeo/v1/{VEHICLE}"
 FRAME_EVENTS = ("no_fix", "frame_error", "locate_error")
 #: status events worth a line besides the per-frame ones (heartbeats are only kept in mqtt_messages.json)
 LIFECYCLE_EVENTS = ("birth", "unhealthy", "stopping", "offline", "failed", "will", "source_error", "telemetry_error")
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (mean Earth radius)."""
-    r = 6_371_008.8
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * r * math.asin(math.sqrt(a))
 
 
 def truth() -> dict[str, tuple[float, float]]:

@@ -15,12 +15,12 @@ targets (every frame, median <= 1 m) are measured by ``scripts/demo_brighton.py`
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks.harness.metrics import haversine_m
 from edge_runtime.locate_cli import frame_priors, read_frame
 from edge_runtime.locator import Locator, LocatorConfig
 from edge_runtime.types import LocateResult, Priors
@@ -37,13 +37,6 @@ NOT_YET = pytest.mark.xfail(strict=True, reason="the CPU reference checkpoint is
                                                 "(topicgeo/assets/MODEL_CARD.md); remove this mark when it passes")
 
 pytestmark = pytest.mark.skipif(not REFERENCE.exists(), reason="reference checkpoint not committed")
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    r = 6_371_008.8
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    return 2 * r * math.asin(math.sqrt(a))
 
 
 @pytest.fixture(scope="module")

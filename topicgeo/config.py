@@ -182,6 +182,10 @@ class TopicGeoConfig:
             kwargs[key] = section_cls(**values)
         return cls(**kwargs)
 
+    def with_matching(self, **changes: float) -> TopicGeoConfig:
+        """Copy with test-time matching parameters replaced (e.g. ``threshold``, ``fine_threshold``); validated."""
+        return dataclasses.replace(self, matching=dataclasses.replace(self.matching, **changes))
+
     def with_prompts(self, n_prompts: int, prompt_dim: int) -> TopicGeoConfig:
         """Copy whose topic module expects a ``(n_prompts, prompt_dim)`` prompt matrix."""
         return dataclasses.replace(

@@ -160,7 +160,21 @@ class Transport:
         raise NotImplementedError
 
 
-class UdpTransport(Transport):
+class _SocketTransport(Transport):
+    """A transport over one socket (``_sock``, None when closed)."""
+
+    _sock: socket.socket | None = None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock is not None else -1
+
+
+class UdpTransport(_SocketTransport):
     """UDP: ``listen`` binds HOST:PORT and answers the peer set with :meth:`set_peer`; otherwise sends to HOST:PORT
     from an ephemeral port."""
 
@@ -187,13 +201,6 @@ class UdpTransport(Transport):
             raise
         self._sock = sock
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def fileno(self) -> int:
-        return self._sock.fileno() if self._sock is not None else -1
 
     @property
     def local_address(self) -> tuple[str, int] | None:
@@ -243,7 +250,7 @@ class UdpTransport(Transport):
         return f"{'udpin' if self.listen else 'udpout'}:{self.host}:{self.port}"
 
 
-class TcpTransport(Transport):
+class TcpTransport(_SocketTransport):
     """A TCP client (ArduPilot SITL and mavlink-router serve MAVLink on TCP)."""
 
     def __init__(self, host: str, port: int, connect_timeout_s: float = 2.0) -> None:
@@ -256,13 +263,6 @@ class TcpTransport(Transport):
         sock.settimeout(0.5)  # bounds a blocked send; reads happen only after select() says readable
         self._sock = sock
 
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def fileno(self) -> int:
-        return self._sock.fileno() if self._sock is not None else -1
 
     def read(self) -> list[tuple[bytes, Any]]:
         if self._sock is None:

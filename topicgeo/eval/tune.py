@@ -14,7 +14,6 @@ released checkpoint's config, from where ``edge-export`` copies it into the bund
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,7 @@ logger = logging.getLogger(__name__)
 def with_threshold(model: TopicGeo, threshold: float, fine_threshold: float | None = None) -> TopicGeo:
     """``model`` with its coarse (and optionally in-window) threshold replaced (same weights, validated config)."""
     fine = model.config.matching.fine_threshold if fine_threshold is None else fine_threshold
-    model.config = dataclasses.replace(
-        model.config, matching=dataclasses.replace(model.config.matching, threshold=threshold, fine_threshold=fine)
-    )
+    model.config = model.config.with_matching(threshold=threshold, fine_threshold=fine)
     return model
 
 

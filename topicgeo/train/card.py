@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -62,12 +61,8 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
     last = run / "last.pt"
     payload = read_checkpoint(last)
     model = load_model(last)
-    matching = model.config.matching
-    if coarse_threshold is not None:
-        matching = dataclasses.replace(matching, threshold=coarse_threshold)
-    if fine_threshold is not None:
-        matching = dataclasses.replace(matching, fine_threshold=fine_threshold)
-    model.config = dataclasses.replace(model.config, matching=matching)
+    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold}
+    model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
     save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
