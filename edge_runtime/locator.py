@@ -6,10 +6,12 @@ Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
    intrinsics, place it on the square query canvas (padding = invalid cells). Without an altitude prior a few content
    scales are searched.
 2. ``encode_query``: the exported query encoder.
-3. ``retrieval``: dual-softmax + mutual nearest neighbours between the query's topic features and every cached tile of
-   every map at once (one batched matrix product), a shortlist by match mass, then the geometric-consistency
-   confidence on the shortlist. A temporal prior searches near the last good fix first and widens to all maps when
-   the confidence drops.
+3. ``retrieval``: for every map, dual-softmax + mutual nearest neighbours between the query's topic features and all
+   of that map's cached coarse cells at once (one matrix product over the whole map, overlapping tiles deduplicated
+   to one feature per map cell), then the geometric-consistency confidence of the matches; maps rank by it. The
+   softmax spans the whole map as in ``topicgeo-eval`` (a per-tile softmax finds a confident partner for every
+   query cell in any tile and loses the evidence that one place matches better than all others). A temporal prior
+   searches near the last good fix first and widens to all maps when the confidence drops.
 4. ``read_roi`` + ``encode_roi``: the region of interest around the retrieved location, read (windowed) from the
    original raster and encoded with the tile encoder.
 5. ``coarse_match`` + ``fine_match``: MKNN coarse matches and the exported multi-level fine matcher.
@@ -33,13 +35,24 @@ import numpy as np
 from edge_runtime.backends import BackendChoice, BackendSelection, open_graph
 from edge_runtime.bundle import Bundle, open_bundle
 from edge_runtime.map_cache import MapCache, open_map_cache
-from edge_runtime.numerics.coarse import CoarseMatchConfig, coarse_matches
+from edge_runtime.numerics.coarse import CoarseMatchConfig, coarse_confidence, coarse_matches
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
-from edge_runtime.numerics.geometry import estimate_homography, footprint, is_convex_quad, project_points
+from edge_runtime.numerics.geometry import (
+    HomographyResult,
+    estimate_homography,
+    estimate_similarity,
+    footprint,
+    is_convex_quad,
+    project_points,
+)
 from edge_runtime.numerics.grid import cell_centers
+from edge_runtime.numerics.matching import matches_from_mask, mutual_nearest_mask
 from edge_runtime.types import LocateResult, Priors
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MIN_INLIERS = 12  # acceptance rule of bundles whose checkpoint carries no calibrated one
+HOMOGRAPHY_MIN_EXTRA_INLIERS = 12  # geometry="auto": the homography must explain this many more inliers
 
 
 class LocatorError(ValueError):
@@ -52,31 +65,43 @@ class LocatorConfig:
 
     Attributes:
         backend: inference backend choice (ONNX Runtime CPU by default; TensorRT with explicit fallback).
-        content_scales: fractions of the query side the frame content is fitted to when no altitude is known.
+        content_scales: fractions of the query side the frame content is fitted to when no altitude is known. One
+            scale by default: the network is trained across a ~3x scale range, and on the SJER dev queries adding
+            0.5 found no more places while doubling the encoder runs.
         search_rotations_deg: clockwise rotations of the frame tried when there is no yaw prior (the network is
             trained on north-up +-45 degrees, so the four quarter turns cover the circle); with a yaw prior the frame
             is rotated north-up by the yaw alone.
         target_ratio: wanted query/map scale ratio when the altitude is known (the reference checkpoint ends its
             training on ~0.85-2.6x, see configs/train_cpu_stage2.yaml).
-        shortlist: tiles scored with the geometric-consistency confidence after the batched MNN pass.
+        shortlist: retrieval candidates (maps, best first) reported with a result.
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
-        min_inliers: homography inliers below which a frame is not located.
+        min_inliers: geometry inliers below which a frame is not located; None (default) takes the bundle's
+            calibrated value (``model_config.matching.min_inliers``, chosen per checkpoint on training queries so that
+            accepted fixes are right; 12 for bundles without one).
         homography_threshold_px: MAGSAC threshold in map pixels.
+        geometry: frame -> map model. ``homography`` (MAGSAC, 8 DoF), ``similarity`` (RANSAC, 4 DoF: a nadir camera
+            over flat ground) or ``auto``: both are fitted and the homography is kept only when it explains at
+            least ``homography_gain`` times the similarity's inliers (and at least 12 more); with
+            matches clustered in part of the frame its perspective terms are otherwise unconstrained and the
+            footprint extrapolates wildly.
+        homography_gain: see ``geometry``.
         max_scale_error: with an altitude prior, the found scale may differ by at most this factor.
         prior_radius_m: the temporal prior searches tiles within this distance of the last fix first.
         verify: verify bundle and cache hashes when opening.
     """
 
     backend: BackendChoice = field(default_factory=BackendChoice)
-    content_scales: tuple[float, ...] = (1.0, 0.5)
+    content_scales: tuple[float, ...] = (1.0,)
     search_rotations_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
     target_ratio: float = 1.6
-    shortlist: int = 8
+    shortlist: int = 3
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     min_confidence: float = 0.01
-    min_inliers: int = 12
+    min_inliers: int | None = None
     homography_threshold_px: float = 4.0
+    geometry: str = "auto"
+    homography_gain: float = 1.25
     max_scale_error: float = 2.0
     prior_radius_m: float = 150.0
     verify: bool = True
@@ -86,10 +111,37 @@ class LocatorConfig:
             raise ValueError(f"content_scales must lie in [0.1, 1], got {self.content_scales}")
         if not self.search_rotations_deg or not all(math.isfinite(r) for r in self.search_rotations_deg):
             raise ValueError(f"search_rotations_deg must be finite angles, got {self.search_rotations_deg}")
-        if self.target_ratio <= 0 or self.shortlist < 1 or self.min_inliers < 4:
+        if self.target_ratio <= 0 or self.shortlist < 1 or (self.min_inliers is not None and self.min_inliers < 4):
             raise ValueError("target_ratio > 0, shortlist >= 1 and min_inliers >= 4 are required")
+        if self.geometry not in ("auto", "homography", "similarity") or self.homography_gain < 1:
+            raise ValueError(f"geometry must be auto, homography or similarity (got {self.geometry!r}) and "
+                             f"homography_gain >= 1 (got {self.homography_gain})")
         if self.homography_threshold_px <= 0 or self.max_scale_error < 1 or self.prior_radius_m <= 0:
             raise ValueError("homography_threshold_px > 0, max_scale_error >= 1, prior_radius_m > 0 are required")
+
+
+def fit_geometry(pts_f: np.ndarray, pts_r: np.ndarray, frame_size: tuple[int, int],
+                 config: LocatorConfig) -> tuple[HomographyResult, str]:
+    """Frame -> map transform from matches ``pts_f, pts_r (N, 2)`` per ``config.geometry``.
+
+    Returns:
+        the fit (its ``H`` is ``(3, 3)`` either way) and the model used: ``homography`` or ``similarity``.
+    """
+    thr = config.homography_threshold_px
+    if config.geometry == "similarity":
+        return estimate_similarity(pts_f, pts_r, thr), "similarity"
+    hom = estimate_homography(pts_f, pts_r, thr, image_size=frame_size)
+    if config.geometry == "homography":
+        return hom, "homography"
+    sim = estimate_similarity(pts_f, pts_r, thr)
+    if not sim.ok:
+        return hom, "homography"
+    if hom.ok and hom.num_inliers >= max(config.homography_gain * sim.num_inliers,
+                                         sim.num_inliers + HOMOGRAPHY_MIN_EXTRA_INLIERS):
+        return hom, "homography"
+    logger.debug("similarity (%d inliers) preferred to the homography (%s)", sim.num_inliers,
+                 f"{hom.num_inliers} inliers" if hom.ok else hom.reason)
+    return sim, "similarity"
 
 
 @dataclass(frozen=True)
@@ -150,15 +202,52 @@ def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 6
     return PreparedQuery(canvas, cells, T, scale)
 
 
-@dataclass
-class _TileIndex:
-    """All cached tiles of all maps stacked for batched retrieval."""
+@dataclass(frozen=True)
+class MapCells:
+    """One map's coarse cells for retrieval: one feature per map cell.
 
-    features: np.ndarray  # (T, N, C) float32
-    valid: np.ndarray  # (T, N) bool
-    map_ids: list[str]  # per tile
-    tiles: np.ndarray  # (T,) tile index inside its map
-    centres_px: np.ndarray  # (T, 2) tile centre in its map's pixels
+    Attributes:
+        features: ``(M, C)`` float32 topic features. centres_px: ``(M, 2)`` float64 cell centres in map pixels.
+    """
+
+    features: np.ndarray
+    centres_px: np.ndarray
+
+
+def unique_map_cells(coarse: np.ndarray, cell_valid: np.ndarray, origins: np.ndarray, tile_size: int,
+                     cell: int) -> MapCells:
+    """Deduplicate the valid cells of overlapping tiles: where tiles overlap, a map cell keeps the feature of the tile
+    in which it lies most centrally (the most context on every side).
+
+    Args:
+        coarse: ``(T, N, C)`` tile features, ``N = (tile_size / cell) ** 2`` row-major cells per tile.
+        cell_valid: ``(T, N)`` bool.
+        origins: ``(T, 2)`` tile origins ``(x0, y0)`` in map pixels (multiples of ``cell`` in a cache: the tiling
+            stride is a whole number of cells, so cells of different tiles coincide exactly).
+        tile_size: tile side in pixels. cell: coarse stride in pixels.
+
+    Returns:
+        the unique valid cells, ordered by map cell (row-major over the map's cell grid).
+    """
+    t, n, c = coarse.shape
+    g = tile_size // cell
+    if n != g * g or cell_valid.shape != (t, n) or origins.shape != (t, 2):
+        raise ValueError(f"tile arrays disagree: coarse {coarse.shape}, cell_valid {cell_valid.shape}, "
+                         f"origins {origins.shape} for {g}x{g} cells per tile")
+    local = cell_centers(g, g, cell)  # (N, 2)
+    centres = origins[:, None, :].astype(np.float64) + local[None]  # (T, N, 2)
+    off_centre = np.abs(local - (tile_size - 1) / 2.0).max(axis=1)  # (N,) Chebyshev distance to the tile centre
+    tt, nn = np.nonzero(cell_valid)
+    if len(tt) == 0:
+        return MapCells(np.zeros((0, c), np.float32), np.zeros((0, 2), np.float64))
+    xy = centres[tt, nn]
+    key_uv = np.floor(xy / cell).astype(np.int64)
+    key_uv -= key_uv.min(axis=0)
+    key = key_uv[:, 1] * (int(key_uv[:, 0].max()) + 1) + key_uv[:, 0]
+    order = np.lexsort((off_centre[nn], key))  # by map cell, most central first
+    _, first = np.unique(key[order], return_index=True)
+    pick = order[first]
+    return MapCells(np.asarray(coarse[tt[pick], nn[pick]], dtype=np.float32), xy[pick])
 
 
 class Locator:
@@ -177,10 +266,12 @@ class Locator:
         model_cfg = bundle.model_config
         self.coarse_config = CoarseMatchConfig.from_model_config(model_cfg)
         self.retrieval_config = replace(self.coarse_config, k=0)
+        calibrated = int(model_cfg.get("matching", {}).get("min_inliers", DEFAULT_MIN_INLIERS))
+        self.min_inliers = config.min_inliers if config.min_inliers is not None else calibrated
         self.selections: dict[str, BackendSelection] = {
             g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
         }
-        self.index = self._stack_tiles()
+        self.cells = self._map_cells()
         self.last_fix: tuple[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ construction
@@ -195,22 +286,20 @@ class Locator:
         cache = open_map_cache(cache_dir, bundle=bundle, verify=config.verify)
         return cls(bundle, cache, config, camera)
 
-    def _stack_tiles(self) -> _TileIndex:
-        feats, valid, ids, tiles, centres = [], [], [], [], []
+    def _map_cells(self) -> dict[str, MapCells]:
+        out = {}
         for map_id, entry in self.cache.maps.items():
-            keep = entry.encoded_tiles()
             if entry.grid.tile_size != self.tile_size:
                 raise LocatorError(f"map {map_id!r} was tiled at {entry.grid.tile_size} px, the bundle's tile is "
                                    f"{self.tile_size} px")
-            feats.append(np.asarray(entry.coarse[keep], dtype=np.float32))
-            valid.append(np.asarray(entry.cell_valid[keep], dtype=bool))
-            ids.extend([map_id] * len(keep))
-            tiles.append(keep)
-            centres.append(entry.origins[keep].astype(np.float64) + (self.tile_size - 1) / 2.0)
-        if not ids:
+            keep = entry.encoded_tiles()
+            cells = unique_map_cells(np.asarray(entry.coarse[keep]), np.asarray(entry.cell_valid[keep], dtype=bool),
+                                     np.asarray(entry.origins[keep]), self.tile_size, self.cell)
+            if len(cells.features):
+                out[map_id] = cells
+        if not out:
             raise LocatorError(f"cache {self.cache.root} holds no encoded tile")
-        return _TileIndex(np.concatenate(feats), np.concatenate(valid), ids, np.concatenate(tiles),
-                          np.concatenate(centres))
+        return out
 
     @property
     def backend_status(self) -> dict[str, Any]:
@@ -243,57 +332,48 @@ class Locator:
         return self.selections["fine_matcher"].backend.run(feeds)
 
     # ------------------------------------------------------------------ retrieval
-    def _candidate_tiles(self) -> np.ndarray:
-        """Tiles near the last fix (temporal prior), or all tiles."""
+    def search_area(self) -> dict[str, np.ndarray] | None:
+        """Temporal prior: the cells of the last fix's map within ``prior_radius_m`` of it (``{map_id: (M,) bool}``),
+        or None (every map, every cell) when there is no fix to start from."""
         if self.last_fix is None:
-            return np.arange(len(self.index.map_ids))
+            return None
         map_id, xy = self.last_fix
         gsd = self.cache.map(map_id).georef.gsd_m
         radius_px = self.config.prior_radius_m / gsd + self.tile_size / 2
-        same = np.array([m == map_id for m in self.index.map_ids])
-        near = np.linalg.norm(self.index.centres_px - xy, axis=1) <= radius_px
-        return np.flatnonzero(same & near)
+        return {map_id: np.linalg.norm(self.cells[map_id].centres_px - xy, axis=1) <= radius_px}
 
-    def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, tiles: np.ndarray) -> list[dict[str, Any]]:
-        """Score ``tiles`` (indices into the stacked index) for query features ``(Nq, C)``; best first."""
+    def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray,
+                 area: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+        """Score every map (or the cells of ``area``, see :meth:`search_area`) for query features ``(Nq, C)``.
+
+        Per map: dual-softmax confidences against all its cells, mutual nearest neighbours above the retrieval
+        threshold (MKNN with k = 0, the supplement's retrieval setting), then the geometric-consistency confidence
+        normalised by the whole query grid (shared by every scale and rotation candidate of a frame, as in
+        ``topicgeo-eval``: normalising by the valid cells would inflate small-content candidates).
+
+        Returns:
+            candidates with a positive score, best first: ``map_id``, ``score``, ``matches``, ``scale``, ``angle``
+            and the consistent matches ``pts_q`` (query canvas px) / ``pts_r`` (map px).
+        """
         cfg = self.retrieval_config
-        q = coarse_q.astype(np.float32)
-        feats = self.index.features[tiles]
-        valid = self.index.valid[tiles]
-        sim = np.einsum("qc,tnc->tqn", q, feats) / q.shape[1]
-        pair = valid_q[None, :, None] & valid[:, None, :]
-        logits = np.where(pair, sim / cfg.temperature, -1e9).astype(np.float32)
-        logits -= logits.max(axis=(1, 2), keepdims=True)
-        e1 = np.exp(logits - logits.max(axis=2, keepdims=True))
-        e2 = np.exp(logits - logits.max(axis=1, keepdims=True))
-        conf = (e1 / e1.sum(axis=2, keepdims=True)) * (e2 / e2.sum(axis=1, keepdims=True)) * pair
-        best_r = conf.argmax(axis=2)  # (T, Nq)
-        best_q = conf.argmax(axis=1)  # (T, N)
-        rows = np.arange(conf.shape[1])
-        mutual = np.take_along_axis(best_q, best_r, axis=1) == rows[None]
-        score_r = np.take_along_axis(conf, best_r[:, :, None], axis=2)[:, :, 0]
-        mnn = mutual & (score_r > cfg.threshold) & valid_q[None]
-        mass = (score_r * mnn).sum(axis=1)
-        order = np.argsort(-mass)[: self.config.shortlist]
         q_centres = cell_centers(*self.grid_q, self.cell)
-        g = self.grid_t[0]
-        t_centres = cell_centers(g, g, self.cell)
         out = []
-        for k in order:
-            if mass[k] <= 0:
+        for map_id, cells in self.cells.items():
+            feats, centres = cells.features, cells.centres_px
+            if area is not None:
+                if map_id not in area or not area[map_id].any():
+                    continue
+                feats, centres = feats[area[map_id]], centres[area[map_id]]
+            conf = coarse_confidence(coarse_q, feats, cfg.temperature, valid_q, None)
+            iq, ir, _ = matches_from_mask(mutual_nearest_mask(conf, cfg.threshold, valid_q, None), conf)
+            if len(iq) == 0:
                 continue
-            iq = np.flatnonzero(mnn[k])
-            ir = best_r[k, iq]
-            t = int(tiles[k])
-            origin = self.index.centres_px[t] - (self.tile_size - 1) / 2.0
-            pts_q = q_centres[iq]
-            pts_r = t_centres[ir] + origin
-            # The normaliser is the whole query grid, shared by every candidate (all scales and rotations of the
-            # frame), as in topicgeo-eval: normalising by the valid cells would inflate small-content candidates.
-            res = geometric_consistency(pts_q, pts_r, int(valid_q.size), self.config.consistency)
-            out.append({"tile": t, "map_id": self.index.map_ids[t], "score": float(res.score),
-                        "matches": len(iq), "scale": float(res.scale), "angle": float(res.angle),
-                        "pts_q": pts_q[res.inliers], "pts_r": pts_r[res.inliers]})
+            res = geometric_consistency(q_centres[iq], centres[ir], int(valid_q.size), self.config.consistency)
+            if res.score <= 0:
+                continue
+            out.append({"map_id": map_id, "score": float(res.score), "matches": len(iq), "scale": float(res.scale),
+                        "angle": float(res.angle), "pts_q": q_centres[iq][res.inliers],
+                        "pts_r": centres[ir][res.inliers]})
         out.sort(key=lambda c: -c["score"])
         return out
 
@@ -346,10 +426,11 @@ class Locator:
             enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
             lat["encode_query"] = lat.get("encode_query", 0.0) + _ms(t)
             t = time.perf_counter()
-            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, self._candidate_tiles())
-            if self.last_fix is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
+            area = self.search_area()
+            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area)
+            if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
                 widened = True
-                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, np.arange(len(self.index.map_ids)))
+                cands = self.retrieve(enc["coarse"][0], prep.cell_valid)
             lat["retrieval"] = lat.get("retrieval", 0.0) + _ms(t)
             if cands and (best is None or cands[0]["score"] > best[0]):
                 best = (cands[0]["score"], prep, enc, cands)
@@ -366,7 +447,7 @@ class Locator:
         elif self.last_fix is not None:
             self.last_fix = None  # widen to all maps on the next frame
         result.extra.update({"widened": widened, "candidates": [
-            {k: c[k] for k in ("map_id", "tile", "score", "matches")} for c in cands[:3]]})
+            {k: c[k] for k in ("map_id", "score", "matches")} for c in cands[: self.config.shortlist]]})
         return result
 
     def _check_frame(self, frame: np.ndarray) -> np.ndarray:
@@ -380,7 +461,7 @@ class Locator:
     def _roi_origin(self, map_id: str, top: dict[str, Any]) -> tuple[int, int]:
         """ROI of tile size centred on the retrieval inliers, kept inside the map where it fits."""
         entry = self.cache.map(map_id)
-        centre = np.median(top["pts_r"], axis=0) if len(top["pts_r"]) else self.index.centres_px[top["tile"]]
+        centre = np.median(top["pts_r"], axis=0)  # retrieval candidates always carry consistent matches
         half = self.tile_size / 2.0
         x0 = round(float(centre[0]) - half)
         y0 = round(float(centre[1]) - half)
@@ -420,19 +501,19 @@ class Locator:
         t = time.perf_counter()
         to_frame = np.linalg.inv(prep.frame_to_canvas)
         pts_f = project_points(to_frame, pts_q)
-        hom = estimate_homography(pts_f, pts_r, self.config.homography_threshold_px,
-                                  image_size=(frame.shape[1], frame.shape[0]))
+        hom, model = fit_geometry(pts_f, pts_r, (frame.shape[1], frame.shape[0]), self.config)
         lat["homography"] = _ms(t)
         if not hom.ok:
             lat["total"] = _ms(t0)
             return LocateResult.failure(f"no homography: {hom.reason}", inliers=0, **fail)
-        if hom.num_inliers < self.config.min_inliers:
+        if hom.num_inliers < self.min_inliers:
             lat["total"] = _ms(t0)
-            return LocateResult.failure(f"too few inliers ({hom.num_inliers} < {self.config.min_inliers})",
+            return LocateResult.failure(f"too few inliers ({hom.num_inliers} < {self.min_inliers})",
                                         inliers=hom.num_inliers, **fail)
         t = time.perf_counter()
         result = self._pose(frame, hom.H, pts_f[hom.inliers], pts_r[hom.inliers], entry, top, priors, camera,
                             expected, common, lat)
+        result.extra["geometry_model"] = model
         lat["pose"] = _ms(t)
         lat["total"] = _ms(t0)
         return result

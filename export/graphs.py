@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from topicgeo.config import COARSE_STRIDE
-from topicgeo.model.topicgeo import EncodedImage, TopicGeo
+from topicgeo.model.topicgeo import EncodedImage, TopicGeo, cell_mask
 
 ENCODER_INPUTS = ("image", "cell_valid")
 ENCODER_OUTPUTS = ("coarse", "fine1", "fine2")
@@ -32,7 +32,8 @@ class EncoderGraph(nn.Module):
 
     def forward(self, image: torch.Tensor, cell_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``image (1, 3, S, S)``, ``cell_valid (1, N)`` -> ``coarse, fine1, fine2``."""
-        feats = self.model.backbone(image)
+        grid = (image.shape[2] // COARSE_STRIDE, image.shape[3] // COARSE_STRIDE)
+        feats = self.model.backbone(image, cell_mask(cell_valid, grid))
         topic = self.model.topic(feats.coarse, self.model.prompts, cell_valid)
         fine2 = nn.functional.interpolate(feats.fine2, scale_factor=2.0, mode="bilinear", align_corners=False)
         return topic.features, feats.fine1, fine2

@@ -293,3 +293,20 @@ def test_goal_check_reads_the_issue_goals() -> None:
     assert goals["accuracy"] == {"sjer: topicgeo-fp32 > sift": True, "sjer: topicgeo-fp32 > xfeat": False}
     assert goals["speed"] == {"101 km2: topicgeo-fp32 >= 3x faster than sift": True,
                               "101 km2: topicgeo-fp32 >= 3x faster than xfeat-lg": False}
+
+
+def test_acceptance_rule_is_the_smallest_inlier_threshold_reaching_the_precision() -> None:
+    from benchmarks.acceptance import choose_min_inliers
+
+    inliers = np.array([100, 80, 60, 45, 40, 30, 25, 20, 15, 0])
+    correct = np.array([True, True, True, False, True, False, True, False, False, False])
+    full = choose_min_inliers(inliers, correct, 1.0)
+    assert full == {"min_inliers": 60, "accepted": 3, "correct": 3, "precision": 1.0}
+    loose = choose_min_inliers(inliers, correct, 0.6)  # >= 25: 5 correct of 7 = 0.71; >= 20: 5 of 8 = 0.625
+    assert loose["min_inliers"] == 20 and loose["accepted"] == 8 and loose["correct"] == 5
+    nothing = choose_min_inliers(np.array([30, 20]), np.array([False, False]), 0.9)
+    assert nothing["min_inliers"] == 31 and nothing["accepted"] == 0
+    with pytest.raises(ValueError):
+        choose_min_inliers(inliers, correct[:3], 0.9)
+    with pytest.raises(ValueError):
+        choose_min_inliers(inliers, correct, 0.0)

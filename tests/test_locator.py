@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.locate_cli import FrameError, main, read_frame
-from edge_runtime.locator import Locator, LocatorConfig, LocatorError, prepare_query
+from edge_runtime.locator import Locator, LocatorConfig, LocatorError, prepare_query, unique_map_cells
 from edge_runtime.numerics.geometry import project_points
 from edge_runtime.types import LocateResult, Priors
 from topicgeo.data.raster import GeoRaster
@@ -184,3 +184,32 @@ def test_calibrated_pose_path_recovers_a_known_camera(data_dir: Path) -> None:
     assert np.linalg.norm(pose.position - truth.position) < 0.01
     assert abs(pose.altitude_agl_m - 40.0) < 0.01
     assert np.allclose(pose.pose.ypr_deg, truth.ypr_deg, atol=0.1)
+
+
+def test_unique_map_cells_keep_one_feature_per_map_cell_from_the_most_central_tile() -> None:
+    """Overlapping tiles (stride 3 cells, tile 4 cells): every map cell appears once, with the feature of the tile
+    where it lies farthest from the tile border; cells invalid in every tile are dropped."""
+    cell, g, stride_cells = 8, 4, 3
+    tile = g * cell
+    origins = np.array([[x * stride_cells * cell, y * stride_cells * cell] for y in range(2) for x in range(2)])
+    t, n = len(origins), g * g
+    feats = np.zeros((t, n, 3), np.float32)
+    valid = np.ones((t, n), bool)
+    for k, (x0, y0) in enumerate(origins):
+        for j in range(n):
+            u, v = x0 // cell + j % g, y0 // cell + j // g
+            feats[k, j] = (u, v, k)  # global cell and the tile it came from
+    valid[3, n - 1] = False  # the bottom-right map cell exists only in tile 3: invalid there, so nowhere
+    cells = unique_map_cells(feats, valid, origins, tile, cell)
+    uv = cells.features[:, :2].astype(int)
+    assert len({tuple(p) for p in uv}) == len(uv) == 7 * 7 - 1  # 7 x 7 map cells, one dropped
+    assert np.allclose(cells.centres_px, uv * cell + (cell - 1) / 2.0)
+    for (u, v), k in zip(uv, cells.features[:, 2].astype(int), strict=True):
+        x0, y0 = origins[k] // cell
+        lu, lv = u - x0, v - y0
+        chosen = max(abs(lu - 1.5), abs(lv - 1.5))
+        for k2, (a0, b0) in enumerate(origins // cell):
+            if 0 <= u - a0 < g and 0 <= v - b0 < g and valid[k2, (v - b0) * g + (u - a0)]:
+                assert chosen <= max(abs(u - a0 - 1.5), abs(v - b0 - 1.5))  # no other tile holds it more centrally
+    with pytest.raises(ValueError, match="disagree"):
+        unique_map_cells(feats[:, :4], valid, origins, tile, cell)

@@ -85,7 +85,6 @@ def test_bundled_drone_frames_are_located_within_the_bound(locator: Locator, tru
 
 
 @pytest.mark.slow
-@NOT_YET
 def test_a_turned_frame_lands_on_the_same_position(locator: Locator) -> None:
     path = DEMO / "frames" / "DJI_0021.JPG"
     upright = _locate(locator, path, np.ascontiguousarray(read_frame(path)), yaw=False)

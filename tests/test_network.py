@@ -8,6 +8,7 @@ import torch
 
 from topicgeo.config import TopicGeoConfig, get_preset
 from topicgeo.model import TopicGeo
+from topicgeo.model.backbone import space_to_depth
 from topicgeo.model.matching import (
     child_index,
     dual_softmax,
@@ -16,7 +17,8 @@ from topicgeo.model.matching import (
     window_grid,
     windows,
 )
-from topicgeo.model.topicgeo import count_parameters
+from topicgeo.model.norms import FP32GroupNorm
+from topicgeo.model.topicgeo import cell_mask, count_parameters
 from topicgeo.summary import PAPER_PARAMETERS
 
 
@@ -157,3 +159,43 @@ def test_even_window_grid_uses_the_half_cell_offsets() -> None:
     from topicgeo.config import fine_offset_scale
 
     assert fine_offset_scale(4) == 6.0
+
+
+def test_masked_group_norm_takes_its_statistics_from_the_valid_positions_only() -> None:
+    torch.manual_seed(0)
+    norm = FP32GroupNorm(4, 16)
+    norm.weight.data.normal_()
+    norm.bias.data.normal_()
+    x = torch.randn(2, 16, 32, 32) * 3.0 + 1.0
+    everywhere = torch.ones(2, 1, 4, 4)
+    assert torch.allclose(norm(x, everywhere), norm(x), atol=1e-5)  # an all-valid mask is plain GroupNorm
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :2, :3] = 1.0  # the top-left 16 x 24 positions (mask cells are 8 x 8 here)
+    masked = norm(x, mask)
+    assert torch.allclose(masked[:, :, :16, :24], norm(x[:, :, :16, :24]), atol=1e-5)
+    assert not torch.allclose(norm(x)[:, :, :16, :24], norm(x[:, :, :16, :24]), atol=1e-2)
+    empty = torch.zeros(2, 1, 4, 4)
+    assert torch.allclose(norm(x, empty), norm(x), atol=1e-5)  # nothing valid: plain statistics, no division by 0
+
+
+def test_padding_around_the_content_leaves_the_stem_features_of_the_content_unchanged(cpu_model: TopicGeo) -> None:
+    """A letterboxed frame or an overhanging map tile: the amount of padding must not shift the content's features."""
+    content = torch.rand(1, 3, 128, 128)
+    small = torch.zeros(1, 3, 192, 192)
+    large = torch.zeros(1, 3, 256, 256)
+    small[..., :128, :128] = content
+    large[..., :128, :128] = content
+    with torch.no_grad():
+        outs = {}
+        for name, canvas in (("small", small), ("large", large)):
+            valid = torch.zeros(1, canvas.shape[2], canvas.shape[3], dtype=torch.bool)
+            valid[:, :128, :128] = True
+            grid = (canvas.shape[2] // 64, canvas.shape[3] // 64)
+            mask = cell_mask(cpu_model.cell_validity(canvas, valid), grid)
+            x = space_to_depth(canvas, 4)
+            outs[name] = (cpu_model.backbone.stem(x, mask), cpu_model.backbone.stem(x))
+    # stem output at 1/8: the content is the top-left 16 x 16 (its 7x7 stride-2 convolution sees the same zeros)
+    masked_small, plain_small = (t[..., :14, :14] for t in outs["small"])
+    masked_large, plain_large = (t[..., :14, :14] for t in outs["large"])
+    assert torch.allclose(masked_small, masked_large, atol=1e-5)
+    assert not torch.allclose(plain_small, plain_large, atol=1e-3)

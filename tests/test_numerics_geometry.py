@@ -16,6 +16,7 @@ from shapely.geometry import Point, Polygon
 
 from edge_runtime.numerics.geometry import (
     estimate_homography,
+    estimate_similarity,
     footprint,
     homography_degeneracy,
     image_corners,
@@ -273,3 +274,51 @@ def test_quad_contains_agrees_with_shapely(warped_pairs):
         quad_contains(np.array([[0, 0], [1, 1], [1, 0], [0, 1.0]]), [0.5, 0.5])
     with pytest.raises(ValueError, match="point"):
         quad_contains(square, [1.0, 2.0, 3.0])
+
+
+def _similarity(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndarray:
+    a = math.radians(angle_deg)
+    return np.array([[scale * math.cos(a), -scale * math.sin(a), tx], [scale * math.sin(a), scale * math.cos(a), ty],
+                      [0.0, 0.0, 1.0]])
+
+
+def test_similarity_recovery_with_outliers_and_failures_as_reasons():
+    rng = np.random.default_rng(3)
+    S = _similarity(0.42, 37.0, 310.0, -55.0)
+    q = rng.uniform(0, 800, (80, 2))
+    r = project_points(S, q) + rng.normal(0, 0.3, (80, 2))
+    r[:20] = rng.uniform(0, 800, (20, 2))  # 25 % outliers
+    res = estimate_similarity(q, r, threshold_px=2.0)
+    assert res.ok and res.reason is None
+    assert np.abs(res.H - S).max() < 0.5 and abs(np.linalg.det(res.H[:2, :2]) - 0.42**2) < 5e-3
+    assert not res.inliers[:20].any() or res.inliers[:20].sum() <= 1  # outliers out
+    assert res.inliers[20:].mean() > 0.95
+    few = estimate_similarity(q[:3], r[:3])
+    assert not few.ok and "too few matches" in few.reason
+    with pytest.raises(ValueError):
+        estimate_similarity(q, r[:10])
+
+
+def test_auto_geometry_prefers_the_similarity_for_clustered_nadir_matches_and_the_homography_for_perspective():
+    from edge_runtime.locator import LocatorConfig, fit_geometry
+
+    rng = np.random.default_rng(4)
+    frame = (1600, 900)
+    # A nadir frame: the matches cluster in a band at the top of the frame and are noisy (2 px): a homography
+    # fitted to them extrapolates its perspective terms over the rest of the frame.
+    S = _similarity(0.3, -50.0, 400.0, 300.0)
+    q = np.column_stack([rng.uniform(600, 1000, 40), rng.uniform(0, 120, 40)])
+    r = project_points(S, q) + rng.normal(0, 1.0, (40, 2))
+    fit, model = fit_geometry(q, r, frame, LocatorConfig())
+    assert model == "similarity" and fit.ok
+    centre = project_points(fit.H, np.array([[799.5, 449.5]]))[0]
+    assert np.linalg.norm(centre - project_points(S, np.array([[799.5, 449.5]]))[0]) < 10.0
+    # An oblique view: strong perspective over well spread matches; the similarity explains few of them.
+    H = np.array([[0.5, 0.1, 100.0], [0.0, 0.9, 50.0], [0.0, 6e-4, 1.0]])
+    q2 = rng.uniform([0, 0], frame, (120, 2))
+    r2 = project_points(H, q2) + rng.normal(0, 0.5, (120, 2))
+    fit2, model2 = fit_geometry(q2, r2, frame, LocatorConfig())
+    assert model2 == "homography" and fit2.ok
+    assert fit_geometry(q, r, frame, LocatorConfig(geometry="homography"))[1] == "homography"
+    with pytest.raises(ValueError, match="geometry"):
+        LocatorConfig(geometry="affine")

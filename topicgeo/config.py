@@ -116,6 +116,9 @@ class MatchingConfig:
         fine_temperature: dual-softmax temperature inside 4x4 windows.
         fine_threshold: confidence threshold inside windows.
         max_level2_windows: number of level-1 matches refined at level 2 (top by confidence); fixed output size.
+        min_inliers: fewest geometry inliers for the vehicle to accept a fix (the locator's acceptance rule); chosen
+            per checkpoint on training queries by ``python -m benchmarks.acceptance`` (more inliers, fewer wrong
+            fixes).
     """
 
     temperature: float = 0.1
@@ -126,8 +129,11 @@ class MatchingConfig:
     fine_temperature: float = 0.1
     fine_threshold: float = 0.05
     max_level2_windows: int = 512
+    min_inliers: int = 12
 
     def __post_init__(self) -> None:
+        if self.min_inliers < 4:
+            raise ValueError(f"min_inliers must be >= 4 (a homography needs 4 matches), got {self.min_inliers}")
         if not (self.temperature > 0 and self.fine_temperature > 0):
             raise ValueError("temperatures must be positive")
         if not (0.0 <= self.threshold < 1.0 and 0.0 <= self.fine_threshold < 1.0):

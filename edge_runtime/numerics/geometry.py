@@ -13,6 +13,7 @@ convention (pixel ``(x, y)`` centred at integer ``(x, y)``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -366,4 +367,63 @@ def estimate_homography(
         sv = np.linalg.svd(pts - pts.mean(axis=0), compute_uv=False)
         if sv[0] == 0.0 or sv[1] / sv[0] < MIN_SPREAD_RATIO:
             return HomographyResult(None, no_inliers, f"inlier {name} points are (nearly) collinear")
+    return HomographyResult(H, inliers, None)
+
+
+def estimate_similarity(
+    pts_q: np.ndarray,
+    pts_r: np.ndarray,
+    threshold_px: float = 3.0,
+    confidence: float = 0.999,
+    max_iters: int = 10000,
+) -> HomographyResult:
+    """Robust query -> reference similarity (rotation, uniform scale, translation; 4 degrees of freedom) with
+    ``cv2.estimateAffinePartial2D`` (RANSAC, then least-squares refinement on the inliers).
+
+    A nadir camera over flat ground sees the map through a similarity; the 8-degree-of-freedom homography is then
+    poorly conditioned when the matches cluster in part of the frame (its perspective terms extrapolate wildly).
+
+    Args:
+        pts_q, pts_r: ``(N, 2)`` matching pixel coordinates.
+        threshold_px: inlier threshold in reference pixels.
+        confidence: RANSAC confidence in ``(0, 1)``. max_iters: maximum iterations ``>= 1``.
+
+    Returns:
+        :class:`HomographyResult` whose ``H`` is the similarity as a ``(3, 3)`` matrix; fewer than 4 matches or
+        inliers, a solver failure, a vanishing scale or (nearly) coincident inliers give ``H = None`` and a reason.
+
+    Raises:
+        ValueError: on malformed inputs.
+    """
+    q = _as_points(pts_q, "pts_q")
+    r = _as_points(pts_r, "pts_r")
+    if q.shape != r.shape:
+        raise ValueError(f"pts_q {q.shape} and pts_r {r.shape} must have the same shape")
+    if not np.isfinite(threshold_px) or threshold_px <= 0:
+        raise ValueError(f"threshold_px must be > 0, got {threshold_px}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters}")
+    n = q.shape[0]
+    no_inliers = np.zeros(n, dtype=bool)
+    if n < MIN_MATCHES:
+        return HomographyResult(None, no_inliers, f"too few matches ({n} < {MIN_MATCHES})")
+    try:
+        A, mask = cv2.estimateAffinePartial2D(q, r, method=cv2.RANSAC, ransacReprojThreshold=float(threshold_px),
+                                              maxIters=int(max_iters), confidence=float(confidence), refineIters=10)
+    except cv2.error as exc:
+        return HomographyResult(None, no_inliers, f"estimateAffinePartial2D failed: {exc}")
+    if A is None or mask is None:
+        return HomographyResult(None, no_inliers, "estimateAffinePartial2D found no model")
+    H = np.vstack([np.asarray(A, dtype=np.float64), [0.0, 0.0, 1.0]])
+    scale = math.sqrt(abs(np.linalg.det(H[:2, :2])))
+    if not np.all(np.isfinite(H)) or scale < 1e-6:
+        return HomographyResult(None, no_inliers, "degenerate similarity (vanishing scale)")
+    inliers = mask.ravel().astype(bool)
+    if int(inliers.sum()) < MIN_MATCHES:
+        return HomographyResult(None, no_inliers, f"too few inliers ({int(inliers.sum())} < {MIN_MATCHES})")
+    spread = np.linalg.svd(q[inliers] - q[inliers].mean(axis=0), compute_uv=False)
+    if spread[0] == 0.0:
+        return HomographyResult(None, no_inliers, "inlier query points coincide")
     return HomographyResult(H, inliers, None)

@@ -143,7 +143,7 @@ class TopicGeo(nn.Module):
             )
         grid = coarse_grid(image.shape[2], image.shape[3])
         cell_valid = self.cell_validity(image, valid)
-        feats = self.backbone(image)
+        feats = self.backbone(image, None if valid is None else cell_mask(cell_valid, grid))
         topic = self.topic(feats.coarse, self.prompts, cell_valid)
         fine2 = nn.functional.interpolate(feats.fine2, scale_factor=2.0, mode="bilinear", align_corners=False)
         return EncodedImage(topic.features, topic.theta, feats.fine1, fine2, cell_valid, grid)
@@ -252,6 +252,11 @@ class TopicGeo(nn.Module):
         l2_q, l2_r, l2_valid = self.select_level2_windows(level1)
         level2 = self.match_level2(query, reference, l2_q, l2_r, l2_valid)
         return MatchResult(query, reference, coarse, level1, level2)
+
+
+def cell_mask(cell_valid: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(B, Nc)`` bool coarse-cell validity -> ``(B, 1, h, w)`` float mask for the backbone's GroupNorms."""
+    return cell_valid.reshape(cell_valid.shape[0], 1, grid[0], grid[1]).float()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -52,16 +52,18 @@ def plot_losses(log: dict[str, list[float]], out: Path) -> None:
 
 
 def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | None = None,
-            tuning: Path | None = None, fine_threshold: float | None = None) -> Path:
+            tuning: Path | None = None, fine_threshold: float | None = None, min_inliers: int | None = None,
+            acceptance: Path | None = None) -> Path:
     """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``.
 
     ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on training plots by
-    :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes).
+    :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes); ``min_inliers`` the vehicle's acceptance
+    rule (chosen on training queries by ``python -m benchmarks.acceptance``, report ``acceptance``).
     """
     last = run / "last.pt"
     payload = read_checkpoint(last)
     model = load_model(last)
-    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold}
+    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold, "min_inliers": min_inliers}
     model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
@@ -70,8 +72,10 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
     plot_losses(log, out / "loss_curve.png")
     reports = [json.loads(p.read_text()) for p in evals]
     tune = json.loads(tuning.read_text()) if tuning else None
+    accept = json.loads(acceptance.read_text()) if acceptance else None
     (out / "MODEL_CARD.md").write_text(card_text(payload, log, reports, model.config.matching.threshold, tune,
-                                                       model.config.matching.fine_threshold))
+                                                       model.config.matching.fine_threshold, accept,
+                                                       model.config.matching.min_inliers))
     return out / "topicgeo_cpu.pt"
 
 
@@ -83,7 +87,7 @@ def _fmt(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
 
 def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: list[dict[str, Any]],
               coarse_threshold: float = 0.2, tuning: dict[str, Any] | None = None,
-              fine_threshold: float = 0.05) -> str:
+              fine_threshold: float = 0.05, acceptance: dict[str, Any] | None = None, min_inliers: int = 12) -> str:
     """The model card (markdown)."""
     cfg = payload.get("train_config", {})
     hours = float(payload.get("wall_seconds", 0.0)) / 3600.0
@@ -103,7 +107,9 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         f"data {json.dumps({k: v for k, v in cfg.get('data', {}).items() if 'root' not in k})}); "
         f"warm start: {cfg.get('init_from') or 'none'}.",
         "- Curriculum: stage 1 `configs/train_cpu.yaml` (full-circle rotations, the supplement's scale ranges), "
-        "stage 2 `configs/train_cpu_stage2.yaml` (north-up +-45 degrees, scales near the locator's GSD-matched input). "
+        "stage 2 `configs/train_cpu_stage2.yaml` (north-up +-45 degrees, scales near the locator's GSD-matched input), "
+        "stage 3 `configs/train_cpu_stage3.yaml` (stage 2 continued; from step 6400 the backbone's GroupNorms take "
+        "their statistics from the valid cells only, so padding no longer shifts the features). "
         "The vehicle de-rotates frames with its yaw prior or searches the four quarter turns.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
@@ -111,6 +117,13 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
            f"{tuning['queries']} queries of `{tuning['split']}`: {tuning['retrieval_R@1']}; mean IoU by in-window "
            f"threshold: { {k: v['mIoU'] for k, v in tuning.get('full_by_fine_threshold', {}).items()} })"
            if tuning else "")
+        + ".",
+        f"- Acceptance rule of the vehicle: a fix needs at least {min_inliers} geometry inliers"
+        + (f", chosen on {acceptance['queries']} training queries (`{acceptance['split']}`) by "
+           f"`python -m benchmarks.acceptance` for a precision of at least {acceptance['target_precision']:.0%} "
+           f"(there: precision {acceptance['chosen']['precision']:.0%}, {acceptance['chosen']['accepted']} fixes "
+           f"accepted, {acceptance['chosen']['correct']} of {acceptance['correct_total']} correct ones kept)"
+           if acceptance else "")
         + ".",
         f"- Prompt embeddings: {payload.get('topics', {}).get('encoder_id')} ({payload.get('topics', {}).get('dim')}-d,"
         " 31 prompts of Table 2).",
@@ -163,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coarse-threshold", type=float, help="store this coarse threshold in the released config")
     parser.add_argument("--fine-threshold", type=float, help="store this in-window threshold in the released config")
     parser.add_argument("--tuning", type=Path, help="the topicgeo.eval.tune report that chose them")
+    parser.add_argument("--min-inliers", type=int, help="store this acceptance rule in the released config")
+    parser.add_argument("--acceptance", type=Path, help="the benchmarks.acceptance report that chose it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(release(args.run, args.eval, args.out, args.coarse_threshold, args.tuning, args.fine_threshold))
+    print(release(args.run, args.eval, args.out, args.coarse_threshold, args.tuning, args.fine_threshold,
+                  args.min_inliers, args.acceptance))
     return 0
 
 
