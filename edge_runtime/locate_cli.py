@@ -84,6 +84,8 @@ def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
         out["reason"] = result.reason
         if result.map_id:
             out["map_id"] = result.map_id
+    # retrieval ranking (best map first; the locator's shortlist), also when the fine stage failed
+    out["candidates"] = [c["map_id"] for c in result.extra.get("candidates", [])]
     out.update({"confidence": round(float(result.confidence), 4), "inliers": int(result.inliers),
                 "latency_ms": result.latency_ms, "backend": result.backend, "precision": result.precision,
                 "degraded": result.degraded})

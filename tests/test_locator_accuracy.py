@@ -100,7 +100,6 @@ def test_a_turned_frame_lands_on_the_same_position(locator: Locator) -> None:
 
 
 @pytest.mark.slow
-@NOT_YET
 def test_a_frame_of_somewhere_else_is_not_located(locator: Locator, data_dir: Path) -> None:
     from topicgeo.data.raster import GeoRaster
 

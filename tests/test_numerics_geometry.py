@@ -322,3 +322,4 @@ def test_auto_geometry_prefers_the_similarity_for_clustered_nadir_matches_and_th
     assert fit_geometry(q, r, frame, LocatorConfig(geometry="homography"))[1] == "homography"
     with pytest.raises(ValueError, match="geometry"):
         LocatorConfig(geometry="affine")
+

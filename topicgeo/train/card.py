@@ -53,17 +53,19 @@ def plot_losses(log: dict[str, list[float]], out: Path) -> None:
 
 def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | None = None,
             tuning: Path | None = None, fine_threshold: float | None = None, min_inliers: int | None = None,
-            acceptance: Path | None = None) -> Path:
+            acceptance: Path | None = None, max_level2_windows: int | None = None) -> Path:
     """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``.
 
     ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on training plots by
     :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes); ``min_inliers`` the vehicle's acceptance
-    rule (chosen on training queries by ``python -m benchmarks.acceptance``, report ``acceptance``).
+    rule (chosen on training queries by ``python -m benchmarks.acceptance``, report ``acceptance``);
+    ``max_level2_windows`` the number of level-1 matches refined at level 2 (the fine matcher's main cost).
     """
     last = run / "last.pt"
     payload = read_checkpoint(last)
     model = load_model(last)
-    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold, "min_inliers": min_inliers}
+    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold, "min_inliers": min_inliers,
+              "max_level2_windows": max_level2_windows}
     model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
@@ -75,7 +77,8 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
     accept = json.loads(acceptance.read_text()) if acceptance else None
     (out / "MODEL_CARD.md").write_text(card_text(payload, log, reports, model.config.matching.threshold, tune,
                                                        model.config.matching.fine_threshold, accept,
-                                                       model.config.matching.min_inliers))
+                                                       model.config.matching.min_inliers,
+                                                       model.config.matching.max_level2_windows))
     return out / "topicgeo_cpu.pt"
 
 
@@ -87,7 +90,8 @@ def _fmt(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
 
 def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: list[dict[str, Any]],
               coarse_threshold: float = 0.2, tuning: dict[str, Any] | None = None,
-              fine_threshold: float = 0.05, acceptance: dict[str, Any] | None = None, min_inliers: int = 12) -> str:
+              fine_threshold: float = 0.05, acceptance: dict[str, Any] | None = None, min_inliers: int = 12,
+              max_level2_windows: int = 512) -> str:
     """The model card (markdown)."""
     cfg = payload.get("train_config", {})
     hours = float(payload.get("wall_seconds", 0.0)) / 3600.0
@@ -118,6 +122,8 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
            f"threshold: { {k: v['mIoU'] for k, v in tuning.get('full_by_fine_threshold', {}).items()} })"
            if tuning else "")
         + ".",
+        f"- Level-2 refinement of the {max_level2_windows} most confident level-1 matches per pair "
+        "(`max_level2_windows`, a fixed size in the exported fine matcher).",
         f"- Acceptance rule of the vehicle: a fix needs at least {min_inliers} geometry inliers"
         + (f", chosen on {acceptance['queries']} training queries (`{acceptance['split']}`) by "
            f"`python -m benchmarks.acceptance` for a precision of at least {acceptance['target_precision']:.0%} "
@@ -151,18 +157,18 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "prior), with `../shared/data` present.",
         "",
         "## Limits",
-        "- Trained for a short time on 2 CPU cores; far from converged. The target (R@1 >= 90 %, mIoU >= 80 % on "
-        "cross-date queries) needs many more steps: training is resumable (`topicgeo-train --config "
-        "configs/train_cpu.yaml` continues from `runs/cpu_reference/last.pt`), and on a GPU the `paper` preset at "
+        "- Trained for a few hours on 2 CPU cores; far from converged (losses still falling). The target (R@1 >= 90 %, "
+        "mIoU >= 80 % on cross-date queries) needs many more steps: training is resumable (`topicgeo-train --config "
+        "configs/train_cpu_stage3.yaml` continues from `runs/cpu_stage3/last.pt`), and on a GPU the `paper` preset at "
         "1024 px with AMP is the intended setting.",
         "- Data: 16 SJER plots and one NAIP area; a larger, more varied training set is the main lever after compute.",
-        "- Retrieval works better than chance (SJER: 8 plots, chance R@1 12.5 %), the fine levels much less: fine2 is "
-        "near its uniform loss (1.386), so footprints are rough and many homographies degenerate. NAIP queries "
-        "(crop 100-360 px of a 5 m map, up to 5x zoom) are outside the stage-2 scale range. R@3 of the one-map NAIP "
+        "- Retrieval is the weak stage: when the right plot is retrieved the footprint is usually good (IoU of the "
+        "correct fixes in the acceptance report), but the right plot is often not ranked first. NAIP queries (crop "
+        "100-360 px of a 5 m map, up to 5x zoom) lie partly outside the trained scale range. R@3 of the one-map NAIP "
         "suite is not informative (the only map is always in the top 3).",
-        "- Not fit for flight: on the bundled Brighton Beach frames the locator publishes fixes that are tens of "
-        "metres off, and images of other places get placed with confidences that overlap the true fixes "
-        "(tests/test_locator_accuracy.py keeps these targets as strict xfails).",
+        "- Not fit for flight: the bundled Brighton Beach frames are placed tens of metres off or not at all "
+        "(tests/test_locator_accuracy.py keeps the 1 m target as a strict xfail); the acceptance rule trades fixes "
+        "for precision.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -178,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tuning", type=Path, help="the topicgeo.eval.tune report that chose them")
     parser.add_argument("--min-inliers", type=int, help="store this acceptance rule in the released config")
     parser.add_argument("--acceptance", type=Path, help="the benchmarks.acceptance report that chose it")
+    parser.add_argument("--max-level2-windows", type=int, help="level-1 matches refined at level 2 (fixed size)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     print(release(args.run, args.eval, args.out, args.coarse_threshold, args.tuning, args.fine_threshold,
-                  args.min_inliers, args.acceptance))
+                  args.min_inliers, args.acceptance, args.max_level2_windows))
     return 0
 
 
