@@ -498,7 +498,7 @@ def run_benchmark(config: BenchConfig, command: str) -> dict[str, Any]:
                 "title": "Cross-season SJER (2017 queries, 2018 gallery)",
                 "description": (f"{len(suite.queries)} queries (evaluation.md §1, seed {config.seed}) from "
                                 f"{len(plots)} plots; gallery = their {len(suite.maps)} 2018 plots. R@1 = right plot; "
-                                "R@3 needs a ranking (peers report one; edge-locate returns its top-1 only); "
+                                "R@3 from the reported ranking (edge-locate: its retrieval candidates, best 3 maps); "
                                 "mIoU counts failures as 0."),
                 "queries": _queries_json(suite), "methods": run_synthetic(bench, suite, scored)}
         if "naip" in config.suites or "latency" in config.suites:

@@ -5,11 +5,13 @@ width for the intrinsics) on the bundled orthophotos: the frames are located wit
 the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: the locator searches the quarter turns)
 lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
 
-The committed CPU reference checkpoint does NOT reach these yet (measured 2026-11-25: 5 of 6 frames get a fix with
-errors 6-113 m, median 74 m; turned frames land 10-40 m apart or fail; an SJER plot and a NAIP crop are placed on the
-Brighton maps with confidence ~0.08 and ~30 inliers). The tests are therefore strict xfails: they run the whole
-vehicle path and fail loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's
-targets (every frame, median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
+The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-11-25 with the stage-3
+checkpoint, step 10000): its calibrated acceptance rule (37 inliers, chosen on training queries for >= 90 % right
+fixes) rejects all six frames (24-35 inliers where a region is retrieved at all); with the uncalibrated rule of 12
+inliers the quarter turns of DJI_0021 land up to 25 m apart. An SJER plot and a NAIP crop are no longer placed on the
+Brighton maps, so that test runs unmarked. The others are strict xfails: they run the whole vehicle path and fail
+loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's targets (every frame,
+median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def test_bundled_drone_frames_are_located_within_the_bound(locator: Locator, tru
 
 
 @pytest.mark.slow
+@NOT_YET
 def test_a_turned_frame_lands_on_the_same_position(locator: Locator) -> None:
     path = DEMO / "frames" / "DJI_0021.JPG"
     upright = _locate(locator, path, np.ascontiguousarray(read_frame(path)), yaw=False)
