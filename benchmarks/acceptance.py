@@ -34,6 +34,14 @@ TRAIN_SPLIT = REPO / "topicgeo" / "splits" / "sjer_train.txt"
 FLOOR = 4  # a homography needs 4 matches: the smallest rule there is
 
 
+def accepted_at(inliers: np.ndarray, correct: np.ndarray, min_inliers: int) -> dict[str, Any]:
+    """Fixes ``accepted`` with at least ``min_inliers`` inliers, how many are ``correct`` and their ``precision``
+    (1.0 when nothing is accepted); ``inliers (N,)`` int, ``correct (N,)`` bool."""
+    keep = inliers >= min_inliers
+    return {"accepted": int(keep.sum()), "correct": int(correct[keep].sum()),
+            "precision": float(correct[keep].mean()) if keep.any() else 1.0}
+
+
 def choose_min_inliers(inliers: np.ndarray, correct: np.ndarray, target_precision: float) -> dict[str, Any]:
     """Smallest inlier threshold whose accepted fixes reach ``target_precision``.
 
@@ -52,13 +60,10 @@ def choose_min_inliers(inliers: np.ndarray, correct: np.ndarray, target_precisio
         raise ValueError(f"inliers {inl.shape} and correct {ok.shape} must be matching 1-D arrays")
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must lie in (0, 1], got {target_precision}")
-    candidates = sorted({FLOOR, *(int(v) for v in inl if v >= FLOOR)})
-    for t in candidates:
-        keep = inl >= t
-        precision = float(ok[keep].mean()) if keep.any() else 1.0
-        if precision >= target_precision:
-            return {"min_inliers": t, "accepted": int(keep.sum()), "correct": int(ok[keep].sum()),
-                    "precision": precision}
+    for t in sorted({FLOOR, *(int(v) for v in inl if v >= FLOOR)}):
+        outcome = accepted_at(inl, ok, t)
+        if outcome["precision"] >= target_precision:
+            return {"min_inliers": t, **outcome}
     top = int(inl.max(initial=FLOOR - 1)) + 1
     return {"min_inliers": max(top, FLOOR), "accepted": 0, "correct": 0, "precision": 1.0}
 
@@ -110,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     inliers = np.array([r["inliers"] for r in rows])
     correct = np.array([r["correct"] for r in rows])
     chosen = choose_min_inliers(inliers, correct, args.target_precision)
-    sweep = {}
-    for t in (FLOOR, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80):
-        keep = inliers >= t
-        sweep[str(t)] = {"accepted": int(keep.sum()), "correct": int(correct[keep].sum()),
-                         "precision": float(correct[keep].mean()) if keep.any() else 1.0}
+    sweep = {str(t): accepted_at(inliers, correct, t) for t in (FLOOR, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80)}
     report = {"split": str(args.split.relative_to(REPO) if args.split.is_relative_to(REPO) else args.split),
               "seed": args.seed, "queries": len(rows), "target_precision": args.target_precision,
               "correct_total": int(correct.sum()), "chosen": chosen,

@@ -263,6 +263,7 @@ class Locator:
         self.cell = int(bundle.manifest["coarse_stride"])
         self.grid_q = (self.query_size // self.cell, self.query_size // self.cell)
         self.grid_t = (self.tile_size // self.cell, self.tile_size // self.cell)
+        self.query_cell_centres = cell_centers(*self.grid_q, self.cell)  # (Nq, 2) canvas px
         model_cfg = bundle.model_config
         self.coarse_config = CoarseMatchConfig.from_model_config(model_cfg)
         self.retrieval_config = replace(self.coarse_config, k=0)
@@ -356,7 +357,7 @@ class Locator:
             and the consistent matches ``pts_q`` (query canvas px) / ``pts_r`` (map px).
         """
         cfg = self.retrieval_config
-        q_centres = cell_centers(*self.grid_q, self.cell)
+        q_centres = self.query_cell_centres
         out = []
         for map_id, cells in self.cells.items():
             feats, centres = cells.features, cells.centres_px
@@ -420,13 +421,13 @@ class Locator:
 
         best: tuple[float, PreparedQuery, dict, list[dict]] | None = None
         widened = False
+        area = self.search_area()  # temporal prior: the same for every scale and rotation of this frame
         for content, rotation in itertools.product(contents, rotations):
             t = time.perf_counter()
             prep = prepare_query(frame, self.query_size, content, self.cell, rotation)
             enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
             lat["encode_query"] = lat.get("encode_query", 0.0) + _ms(t)
             t = time.perf_counter()
-            area = self.search_area()
             cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area)
             if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
                 widened = True

@@ -296,6 +296,22 @@ def homography_degeneracy(H: np.ndarray, region: np.ndarray, allow_reflection: b
     return None
 
 
+def _robust_fit_inputs(pts_q: np.ndarray, pts_r: np.ndarray, threshold_px: float, confidence: float,
+                       max_iters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(N, 2)`` float64 point sets and RANSAC parameters of a robust fit (``ValueError`` otherwise)."""
+    q = _as_points(pts_q, "pts_q")
+    r = _as_points(pts_r, "pts_r")
+    if q.shape != r.shape:
+        raise ValueError(f"pts_q {q.shape} and pts_r {r.shape} must have the same shape")
+    if not np.isfinite(threshold_px) or threshold_px <= 0:
+        raise ValueError(f"threshold_px must be > 0, got {threshold_px}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if int(max_iters) != max_iters or max_iters < 1:
+        raise ValueError(f"max_iters must be a positive integer, got {max_iters}")
+    return q, r
+
+
 def estimate_homography(
     pts_q: np.ndarray,
     pts_r: np.ndarray,
@@ -326,16 +342,7 @@ def estimate_homography(
     Raises:
         ValueError: on malformed inputs (shapes, non-finite values, parameters out of range).
     """
-    q = _as_points(pts_q, "pts_q")
-    r = _as_points(pts_r, "pts_r")
-    if q.shape != r.shape:
-        raise ValueError(f"pts_q {q.shape} and pts_r {r.shape} must have the same shape")
-    if not np.isfinite(threshold_px) or threshold_px <= 0:
-        raise ValueError(f"threshold_px must be > 0, got {threshold_px}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters}")
+    q, r = _robust_fit_inputs(pts_q, pts_r, threshold_px, confidence, max_iters)
     n = q.shape[0]
     no_inliers = np.zeros(n, dtype=bool)
     if n < MIN_MATCHES:
@@ -395,16 +402,7 @@ def estimate_similarity(
     Raises:
         ValueError: on malformed inputs.
     """
-    q = _as_points(pts_q, "pts_q")
-    r = _as_points(pts_r, "pts_r")
-    if q.shape != r.shape:
-        raise ValueError(f"pts_q {q.shape} and pts_r {r.shape} must have the same shape")
-    if not np.isfinite(threshold_px) or threshold_px <= 0:
-        raise ValueError(f"threshold_px must be > 0, got {threshold_px}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if int(max_iters) != max_iters or max_iters < 1:
-        raise ValueError(f"max_iters must be a positive integer, got {max_iters}")
+    q, r = _robust_fit_inputs(pts_q, pts_r, threshold_px, confidence, max_iters)
     n = q.shape[0]
     no_inliers = np.zeros(n, dtype=bool)
     if n < MIN_MATCHES:
