@@ -93,21 +93,35 @@ def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
 
 
 def write_viz(path: Path, frame: np.ndarray, result: LocateResult, locator: Locator) -> None:
-    """Matches between the frame and the map region, and the footprint on the map."""
+    """Matches between the frame and the map region, and the footprint on the map.
+
+    A frame without a fix gets a picture too, titled with the reason: the rejected candidate's inliers (red) and
+    footprint when the fit got that far, else the frame alone.
+    """
     from edge_runtime.viz import draw_matches, write_rgb_png
 
-    if not result.ok:
+    rejected = result.extra.get("rejected") if not result.ok else None
+    scale = 512.0 / max(frame.shape[:2])
+    small = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)))
+    if not result.ok and rejected is None:
+        picture = draw_matches(small, np.zeros((small.shape[0], 1, 3), np.uint8), np.zeros((0, 2)),
+                               np.zeros((0, 2)), title=f"no fix: {result.reason}")
+        write_rgb_png(str(path), picture)
         return
-    quad = np.asarray(result.footprint_px)
+    source = result.extra if result.ok else rejected
+    quad = np.asarray(result.footprint_px if result.ok else source["footprint_px"], dtype=np.float64)
+    map_id = result.map_id
+    entry = locator.cache.map(map_id)
     pad = 40
     x0, y0 = np.floor(quad.min(axis=0)).astype(int) - pad
     x1, y1 = np.ceil(quad.max(axis=0)).astype(int) + pad
-    region, _ = locator.cache.map(result.map_id).read_roi(int(x0), int(y0), int(x1 - x0), int(y1 - y0))
-    in_f, in_r = result.extra.get("matches", (np.zeros((0, 2)), np.zeros((0, 2))))
-    scale = 512.0 / max(frame.shape[:2])
-    small = cv2.resize(frame, (round(frame.shape[1] * scale), round(frame.shape[0] * scale)))
+    x0, y0 = max(int(x0), -entry.georef.width), max(int(y0), -entry.georef.height)  # a wild rejected fit
+    x1, y1 = min(int(x1), 2 * entry.georef.width), min(int(y1), 2 * entry.georef.height)
+    region, _ = entry.read_roi(x0, y0, max(x1 - x0, 1), max(y1 - y0, 1))
+    in_f, in_r = source.get("matches", (np.zeros((0, 2)), np.zeros((0, 2))))
+    title = f"{map_id} {result.lat:.6f},{result.lon:.6f}" if result.ok else f"no fix: {result.reason}"
     picture = draw_matches(small, region, np.asarray(in_f) * scale, np.asarray(in_r) - (x0, y0),
-                           footprint_pred=quad - (x0, y0), title=f"{result.map_id} {result.lat:.6f},{result.lon:.6f}")
+                           inliers=np.full(len(in_f), result.ok), footprint_pred=quad - (x0, y0), title=title)
     write_rgb_png(str(path), picture)
 
 
@@ -151,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         args.viz.mkdir(parents=True, exist_ok=True)
     failures = 0
     for image in args.images:
+        frame = None
         try:
             frame = read_frame(image)
             priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
@@ -168,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             where = f"{result.lat:.7f}, {result.lon:.7f} on {result.map_id}" if result.ok else result.reason
             print(f"{image.name}: {where} ({result.latency_ms.get('total', 0):.0f} ms)", flush=True)
-        if args.viz and result.ok:
+        if args.viz and frame is not None:
             write_viz(args.viz / f"{image.stem}.png", frame, result, locator)
     logger.info("%d images in %.1f s", len(args.images), time.perf_counter() - t0)
     return 0 if failures == 0 else 1

@@ -72,7 +72,8 @@ class LocatorConfig:
             trained on north-up +-45 degrees, so the four quarter turns cover the circle); with a yaw prior the frame
             is rotated north-up by the yaw alone.
         target_ratio: wanted query/map scale ratio when the altitude is known (the reference checkpoint ends its
-            training on ~0.85-2.6x, see configs/train_cpu_stage2.yaml).
+            training on ~0.85-2.6x, see configs/train_cpu_stage2.yaml); maps of different GSDs each get a query at
+            this ratio (:meth:`Locator.query_plans`).
         shortlist: retrieval candidates (maps, best first) reported with a result.
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
@@ -200,6 +201,20 @@ def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 6
         scale = float(s)
     cells = valid.reshape(size // cell, cell, size // cell, cell).mean(axis=(1, 3)).ravel() >= 0.5
     return PreparedQuery(canvas, cells, T, scale)
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """One content size of the query canvas and the maps that query is retrieved against.
+
+    Attributes:
+        content_px: long side of the frame on the canvas. expected_px: per map, the frame's long side in that map's
+            pixels from the scale prior (empty without one). map_ids: the maps (None = every map).
+    """
+
+    content_px: float
+    expected_px: dict[str, float]
+    map_ids: frozenset[str] | None
 
 
 @dataclass(frozen=True)
@@ -343,9 +358,10 @@ class Locator:
         radius_px = self.config.prior_radius_m / gsd + self.tile_size / 2
         return {map_id: np.linalg.norm(self.cells[map_id].centres_px - xy, axis=1) <= radius_px}
 
-    def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray,
-                 area: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
-        """Score every map (or the cells of ``area``, see :meth:`search_area`) for query features ``(Nq, C)``.
+    def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, area: dict[str, np.ndarray] | None = None,
+                 maps: frozenset[str] | None = None) -> list[dict[str, Any]]:
+        """Score every map (or the cells of ``area``, see :meth:`search_area`; only ``maps`` when given) for query
+        features ``(Nq, C)``.
 
         Per map: dual-softmax confidences against all its cells, mutual nearest neighbours above the retrieval
         threshold (MKNN with k = 0, the supplement's retrieval setting), then the geometric-consistency confidence
@@ -360,6 +376,8 @@ class Locator:
         q_centres = self.query_cell_centres
         out = []
         for map_id, cells in self.cells.items():
+            if maps is not None and map_id not in maps:
+                continue
             feats, centres = cells.features, cells.centres_px
             if area is not None:
                 if map_id not in area or not area[map_id].any():
@@ -379,19 +397,26 @@ class Locator:
         return out
 
     # ------------------------------------------------------------------ locate
-    def expected_content_px(self, frame_shape: tuple[int, int], priors: Priors, camera: Any) -> float | None:
-        """Long side of the frame's footprint in map pixels (nadir, flat ground), when altitude and intrinsics exist."""
-        if priors.frame_gsd_m is None and (priors.altitude_agl_m is None or camera is None):
-            return None
-        gsds = {round(m.georef.gsd_m, 6) for m in self.cache.maps.values()}
-        if len(gsds) != 1:
-            logger.debug("maps have several GSDs %s; the scale prior uses the first", sorted(gsds))
-        map_gsd = next(iter(sorted(gsds)))
+    def query_plans(self, frame_shape: tuple[int, int], priors: Priors, camera: Any) -> list[QueryPlan]:
+        """The query canvases a frame is encoded at, and the maps each is retrieved against.
+
+        With a scale prior (``priors.frame_gsd_m``, or the altitude and the intrinsics) the frame is brought to
+        ``target_ratio`` times each map GSD's footprint (one plan per distinct content size, so a cache that mixes a
+        0.25 m and a 0.5 m orthophoto shows each map a query at its own scale); without one, every content scale of
+        the config is tried against every map.
+        """
         if priors.frame_gsd_m is not None:
-            frame_gsd = priors.frame_gsd_m
-        else:
+            frame_gsd = float(priors.frame_gsd_m)
+        elif priors.altitude_agl_m is not None and camera is not None:
             frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
-        return max(frame_shape) * frame_gsd / map_gsd
+        else:
+            return [QueryPlan(s * self.query_size, {}, None) for s in self.config.content_scales]
+        by_content: dict[int, dict[str, float]] = {}
+        for map_id in self.cells:
+            expected = max(frame_shape) * frame_gsd / self.cache.map(map_id).georef.gsd_m
+            content = min(float(self.query_size), self.config.target_ratio * expected)
+            by_content.setdefault(round(content), {})[map_id] = expected
+        return [QueryPlan(float(c), e, frozenset(e)) for c, e in sorted(by_content.items(), reverse=True)]
 
     def locate(self, frame: np.ndarray, priors: Priors | None = None, camera: Any = None) -> LocateResult:
         """Locate an RGB frame ``(H, W, 3)`` uint8; ``camera`` overrides the default one."""
@@ -411,37 +436,34 @@ class Locator:
             from calibration.geometry import undistort_image
 
             frame = undistort_image(frame, camera)
-        expected = self.expected_content_px(frame.shape[:2], priors, camera)
-        if expected is not None:
-            contents = [min(self.query_size, self.config.target_ratio * expected)]
-        else:
-            contents = [s * self.query_size for s in self.config.content_scales]
+        plans = self.query_plans(frame.shape[:2], priors, camera)
         rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
         lat["prepare"] = _ms(t0)
 
-        best: tuple[float, PreparedQuery, dict, list[dict]] | None = None
+        best: tuple[float, PreparedQuery, dict, list[dict], QueryPlan] | None = None
         widened = False
         area = self.search_area()  # temporal prior: the same for every scale and rotation of this frame
-        for content, rotation in itertools.product(contents, rotations):
+        for plan, rotation in itertools.product(plans, rotations):
             t = time.perf_counter()
-            prep = prepare_query(frame, self.query_size, content, self.cell, rotation)
+            prep = prepare_query(frame, self.query_size, plan.content_px, self.cell, rotation)
             enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
             lat["encode_query"] = lat.get("encode_query", 0.0) + _ms(t)
             t = time.perf_counter()
-            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area)
+            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area, plan.map_ids)
             if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
                 widened = True
-                cands = self.retrieve(enc["coarse"][0], prep.cell_valid)
+                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, None, plan.map_ids)
             lat["retrieval"] = lat.get("retrieval", 0.0) + _ms(t)
             if cands and (best is None or cands[0]["score"] > best[0]):
-                best = (cands[0]["score"], prep, enc, cands)
+                best = (cands[0]["score"], prep, enc, cands, plan)
         if best is None or best[0] < self.config.min_confidence:
             score = 0.0 if best is None else best[0]
             lat["total"] = _ms(t0)
             return LocateResult.failure(f"no map region matches (retrieval confidence {score:.3f} < "
                                         f"{self.config.min_confidence})", confidence=score, latency_ms=lat, **common)
-        score, prep, enc_q, cands = best
+        score, prep, enc_q, cands, plan = best
         top = cands[0]
+        expected = plan.expected_px.get(top["map_id"])
         result = self._fine_stage(frame, prep, enc_q, top, priors, camera, expected, lat, t0, common)
         if result.ok:
             self.last_fix = (result.map_id, np.asarray(result.extra["centre_px"]))
@@ -509,8 +531,11 @@ class Locator:
             return LocateResult.failure(f"no homography: {hom.reason}", inliers=0, **fail)
         if hom.num_inliers < self.min_inliers:
             lat["total"] = _ms(t0)
+            # kept for pictures and diagnosis only (edge-locate --viz): never published as a pose
+            rejected = {"footprint_px": footprint(hom.H, frame.shape[1], frame.shape[0]), "geometry_model": model,
+                        "matches": (pts_f[hom.inliers], pts_r[hom.inliers])}
             return LocateResult.failure(f"too few inliers ({hom.num_inliers} < {self.min_inliers})",
-                                        inliers=hom.num_inliers, **fail)
+                                        inliers=hom.num_inliers, extra={"rejected": rejected}, **fail)
         t = time.perf_counter()
         result = self._pose(frame, hom.H, pts_f[hom.inliers], pts_r[hom.inliers], entry, top, priors, camera,
                             expected, common, lat)

@@ -133,6 +133,32 @@ def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache:
         assert first["reason"]
 
 
+def test_edge_locate_viz_draws_fixes_and_no_fixes_but_not_unreadable_files(
+        tiny_bundle: Path, sjer_cache: Path, data_dir: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with GeoRaster(data_dir / "sjer" / "2017" / "SJER_002.tif") as raster:
+        image, _ = raster.read_rgb()
+    good = tmp_path / "query.png"
+    cv2.imwrite(str(good), cv2.cvtColor(image[40:340, 60:360], cv2.COLOR_RGB2BGR))
+    blank = tmp_path / "blank.png"  # no texture at all: never a fix
+    cv2.imwrite(str(blank), np.full((300, 400, 3), 128, np.uint8))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8garbage")
+    viz = tmp_path / "viz"
+    main(["--bundle", str(tiny_bundle), "--cache", str(sjer_cache), "--json", "--viz", str(viz), str(good),
+          str(blank), str(broken)])
+    lines = {Path(x["image"]).stem: x for x in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    assert lines["blank"]["ok"] is False
+    assert sorted(p.name for p in viz.iterdir()) == ["blank.png", "query.png"]  # no picture of an unreadable file
+    for stem in ("blank", "query"):
+        picture = cv2.imread(str(viz / f"{stem}.png"))
+        assert picture is not None and picture.shape[1] >= 512 and picture.shape[0] >= 384  # frame at 512 px
+    # the no-fix picture shows the frame (left) and is titled with the reason (yellow text on the top-left)
+    picture = cv2.cvtColor(cv2.imread(str(viz / "blank.png")), cv2.COLOR_BGR2RGB)
+    assert (picture[:30, :200] == (255, 255, 0)).all(axis=2).sum() > 50
+    assert (picture[100:384, :512] == 128).all(axis=2).mean() > 0.8  # the grey frame, under any drawn matches
+
+
 def test_cache_from_another_bundle_is_refused(tiny_bundle: Path, sjer_cache: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -71,3 +71,54 @@ def test_reference_checkpoint_beats_the_untrained_network_on_held_apart_plots(da
     # a dev plot (never trained on), queries north-up +-45 degrees as in the last curriculum stage
     data = _dataset(data_dir / "sjer_dev", ["SJER_003"], seed=11, rotation_deg=(-45.0, 45.0))
     assert _gt_confidence(trained, data, 6) > 1.5 * _gt_confidence(untrained, data, 6)
+
+
+def test_warm_start_keeps_the_weights_of_a_released_checkpoint_and_the_presets_thresholds(tmp_path: Path) -> None:
+    from topicgeo.checkpoint import CheckpointError, save_checkpoint
+    from topicgeo.train.trainer import warm_start_model
+
+    prompts = load_prompts_matrix(TOPICS)
+    preset = get_preset("cpu").with_prompts(*prompts.shape)
+    torch.manual_seed(1)
+    released = TopicGeo(preset.with_matching(threshold=0.1, fine_threshold=0.0, min_inliers=37), prompts=prompts)
+    path = tmp_path / "released.pt"
+    save_checkpoint(path, released, {"step": 10000})
+    torch.manual_seed(2)
+    fresh = TopicGeo(preset, prompts=prompts)
+    warm = warm_start_model(path, fresh)
+    assert warm.config == preset  # the run keeps the preset's test-time parameters, so its last.pt resumes
+    for key, value in released.state_dict().items():
+        assert torch.equal(warm.state_dict()[key], value), key
+    other = get_preset("cpu").with_prompts(*prompts.shape)
+    other = type(other).from_dict({**other.to_dict(), "backbone": {**other.to_dict()["backbone"], "gn_groups": 4}})
+    with pytest.raises(CheckpointError, match="gn_groups"):
+        warm_start_model(path, TopicGeo(other, prompts=prompts))
+
+
+def test_extra_single_date_maps_join_the_training_mixture_with_exact_ground_truth(data_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    import cv2
+
+    from topicgeo.train.datasets import build_training_dataset
+
+    split = tmp_path / "extra.txt"
+    split.write_text("# one single-date map\nsjer/2018/SJER_009.tif\n")
+    data = build_training_dataset(extra_root=str(data_dir), extra_split=str(split), query_size=256, ref_size=448,
+                                  rotation_deg=(-45.0, 45.0))
+    assert data.schedule == ["extra"]
+    assert data.describe()["extra"]["sources"][0]["pairs"] == [["SJER_009", "SJER_009"]]
+    scores = []
+    for i in range(4):
+        pair = data[i]
+        assert pair.query_date == pair.ref_date == "SJER_009"
+        # The reference warped into the query frame by the stored homography must show the same ground.
+        back = cv2.warpPerspective(pair.reference, np.linalg.inv(pair.H_query_to_ref), (256, 256))
+        inside = cv2.warpPerspective(pair.ref_valid.astype(np.uint8), np.linalg.inv(pair.H_query_to_ref),
+                                     (256, 256)).astype(bool) & pair.query_valid
+        a = cv2.cvtColor(pair.query, cv2.COLOR_RGB2GRAY)[inside].astype(float)
+        b = cv2.cvtColor(back, cv2.COLOR_RGB2GRAY)[inside].astype(float)
+        scores.append(np.corrcoef(a, b)[0, 1])
+        shifted = np.roll(back, 24, axis=1)  # the same ground 24 px off correlates far less
+        c = cv2.cvtColor(shifted, cv2.COLOR_RGB2GRAY)[inside].astype(float)
+        assert np.corrcoef(a, c)[0, 1] < scores[-1] - 0.2
+    assert min(scores) > 0.6, scores

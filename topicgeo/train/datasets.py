@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from topicgeo.data.pairs import PairConfig, PairDataset, TrainingPair, naip_sources, sjer_sources
+from topicgeo.data.pairs import PairConfig, PairDataset, TrainingPair, folder_sources, naip_sources, sjer_sources
 from topicgeo.data.synthesis import QuerySynthesisConfig
 
 SPLITS = Path(__file__).resolve().parent.parent / "splits"
@@ -59,8 +59,16 @@ def build_training_dataset(
     sjer_side_fraction_range: tuple[float, float] = (0.4, 0.95),
     naip_side_range: tuple[float, float] = (90.0, 400.0),
     rotation_deg: tuple[float, float] = (0.0, 360.0),
+    extra_root: str | None = None,
+    extra_split: str = str(SPLITS / "extra_train.txt"),
+    extra_weight: int = 1,
+    extra_side_fraction_range: tuple[float, float] = (0.4, 0.95),
 ) -> MixedPairs:
     """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``.
+
+    ``extra_root`` adds the base maps of ``extra_split`` (:func:`~topicgeo.data.pairs.folder_sources` format, paths
+    relative to ``extra_root``): single-date urban, forest and panchromatic maps whose queries are matched against
+    the same raster, for textures that SJER's savanna and NAIP's prairie lack (roofs, roads, shorelines).
 
     ``rotation_deg`` narrows the query rotations for a curriculum stage (the vehicle de-rotates frames with its
     heading prior, so a CPU budget is better spent on scale and season than on the full circle).
@@ -84,6 +92,14 @@ def build_training_dataset(
             naip_sources(naip_root, naip_split, "train"), cfg, seed=seed + 1, length=samples_per_epoch
         )
         weights["naip"] = naip_weight
+    if extra_root:
+        synth = QuerySynthesisConfig(
+            query_size=query_size, side_fraction_range=tuple(extra_side_fraction_range), rotation_deg=rotation
+        )
+        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
+        parts["extra"] = PairDataset(folder_sources(extra_root, extra_split), cfg, seed=seed + 2,
+                                     length=samples_per_epoch)
+        weights["extra"] = extra_weight
     if not parts:
-        raise ValueError("build_training_dataset needs sjer_root and/or naip_root")
+        raise ValueError("build_training_dataset needs sjer_root, naip_root and/or extra_root")
     return MixedPairs(parts, weights)

@@ -133,6 +133,22 @@ def data_manifest(dataset: Any) -> dict[str, Any]:
     return info
 
 
+def warm_start_model(path: Path, model: TopicGeo) -> TopicGeo:
+    """``model`` with the weights of checkpoint ``path`` (e.g. a released card).
+
+    The architecture and prompt embeddings must match exactly; the test-time ``matching`` parameters may differ (a
+    released checkpoint carries thresholds tuned after training) and the run keeps ``model``'s own, so its later
+    ``last.pt`` resumes against the preset.
+    """
+    stored = TopicGeoConfig.from_dict(read_checkpoint(path)["config"])
+    expected = dataclasses.replace(model.config, matching=stored.matching)
+    if stored.matching != model.config.matching:
+        logger.info("warm start from %s: its test-time matching parameters are replaced by the preset's", path)
+    loaded = load_model(path, expected_config=expected, prompts=model.prompts.cpu())
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    return model
+
+
 def train(config: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last checkpoint."""
     from topicgeo.train.datasets import build_training_dataset
@@ -165,7 +181,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         logger.info("resumed %s at step %d", last, start)
     elif config.init_from:
         payload = read_checkpoint(Path(config.init_from))
-        model = load_model(Path(config.init_from), expected_config=model.config, prompts=model.prompts.cpu())
+        model = warm_start_model(Path(config.init_from), model)
         model = model.to(device).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         start, elapsed = int(payload.get("step") or 0), float(payload.get("wall_seconds", 0.0))
