@@ -38,9 +38,9 @@ from edge_runtime.map_cache import MapCache, open_map_cache
 from edge_runtime.numerics.coarse import CoarseMatchConfig, coarse_confidence, coarse_matches
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
 from edge_runtime.numerics.geometry import (
+    GEOMETRY_MODELS,
     HomographyResult,
-    estimate_homography,
-    estimate_similarity,
+    fit_query_to_map,
     footprint,
     is_convex_quad,
     project_points,
@@ -114,7 +114,7 @@ class LocatorConfig:
             raise ValueError(f"search_rotations_deg must be finite angles, got {self.search_rotations_deg}")
         if self.target_ratio <= 0 or self.shortlist < 1 or (self.min_inliers is not None and self.min_inliers < 4):
             raise ValueError("target_ratio > 0, shortlist >= 1 and min_inliers >= 4 are required")
-        if self.geometry not in ("auto", "homography", "similarity") or self.homography_gain < 1:
+        if self.geometry not in GEOMETRY_MODELS or self.homography_gain < 1:
             raise ValueError(f"geometry must be auto, homography or similarity (got {self.geometry!r}) and "
                              f"homography_gain >= 1 (got {self.homography_gain})")
         if self.homography_threshold_px <= 0 or self.max_scale_error < 1 or self.prior_radius_m <= 0:
@@ -123,26 +123,14 @@ class LocatorConfig:
 
 def fit_geometry(pts_f: np.ndarray, pts_r: np.ndarray, frame_size: tuple[int, int],
                  config: LocatorConfig) -> tuple[HomographyResult, str]:
-    """Frame -> map transform from matches ``pts_f, pts_r (N, 2)`` per ``config.geometry``.
+    """Frame -> map transform from matches ``pts_f, pts_r (N, 2)`` per ``config.geometry``
+    (:func:`~edge_runtime.numerics.geometry.fit_query_to_map`, shared with ``topicgeo-eval``).
 
     Returns:
         the fit (its ``H`` is ``(3, 3)`` either way) and the model used: ``homography`` or ``similarity``.
     """
-    thr = config.homography_threshold_px
-    if config.geometry == "similarity":
-        return estimate_similarity(pts_f, pts_r, thr), "similarity"
-    hom = estimate_homography(pts_f, pts_r, thr, image_size=frame_size)
-    if config.geometry == "homography":
-        return hom, "homography"
-    sim = estimate_similarity(pts_f, pts_r, thr)
-    if not sim.ok:
-        return hom, "homography"
-    if hom.ok and hom.num_inliers >= max(config.homography_gain * sim.num_inliers,
-                                         sim.num_inliers + HOMOGRAPHY_MIN_EXTRA_INLIERS):
-        return hom, "homography"
-    logger.debug("similarity (%d inliers) preferred to the homography (%s)", sim.num_inliers,
-                 f"{hom.num_inliers} inliers" if hom.ok else hom.reason)
-    return sim, "similarity"
+    return fit_query_to_map(pts_f, pts_r, config.homography_threshold_px, frame_size, config.geometry,
+                            config.homography_gain, HOMOGRAPHY_MIN_EXTRA_INLIERS)
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,11 @@ def test_eval_config_rejects_bad_turns() -> None:
         EvalConfig(quarter_turns=(0, 4))
     with pytest.raises(ValueError, match="quarter_turns"):
         EvalConfig(quarter_turns=())
+    with pytest.raises(ValueError, match="geometry"):
+        EvalConfig(geometry="affine")
+
+
+def test_eval_fits_the_footprint_as_the_vehicle_does() -> None:
+    from edge_runtime.locator import LocatorConfig
+
+    assert EvalConfig().geometry == LocatorConfig().geometry == "auto"

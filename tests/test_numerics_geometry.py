@@ -322,4 +322,12 @@ def test_auto_geometry_prefers_the_similarity_for_clustered_nadir_matches_and_th
     assert fit_geometry(q, r, frame, LocatorConfig(geometry="homography"))[1] == "homography"
     with pytest.raises(ValueError, match="geometry"):
         LocatorConfig(geometry="affine")
+    # topicgeo-eval measures the same choice through the shared numerics (tests/test_eval.py)
+    from edge_runtime.numerics.geometry import fit_query_to_map
+
+    assert fit_query_to_map(q, r, 4.0, frame)[1] == "similarity"
+    assert fit_query_to_map(q2, r2, 4.0, frame)[1] == "homography"
+    assert fit_query_to_map(q2, r2, 4.0, frame, "similarity")[1] == "similarity"
+    with pytest.raises(ValueError, match="model"):
+        fit_query_to_map(q, r, 4.0, frame, "affine")
 

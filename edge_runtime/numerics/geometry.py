@@ -425,3 +425,42 @@ def estimate_similarity(
     if spread[0] == 0.0:
         return HomographyResult(None, no_inliers, "inlier query points coincide")
     return HomographyResult(H, inliers, None)
+
+
+GEOMETRY_MODELS = ("auto", "homography", "similarity")
+
+
+def fit_query_to_map(
+    pts_q: np.ndarray,
+    pts_r: np.ndarray,
+    threshold_px: float,
+    image_size: tuple[int, int] | None = None,
+    model: str = "auto",
+    homography_gain: float = 1.25,
+    homography_min_extra_inliers: int = 12,
+) -> tuple[HomographyResult, str]:
+    """Query -> map transform from matches ``pts_q, pts_r (N, 2)``: the one geometry choice of the vehicle's locator
+    and of ``topicgeo-eval``.
+
+    ``homography`` (MAGSAC, 8 DoF), ``similarity`` (RANSAC, 4 DoF: a nadir camera over flat ground) or ``auto``:
+    both are fitted and the homography is kept only when it explains at least ``homography_gain`` times the
+    similarity's inliers and ``homography_min_extra_inliers`` more; with matches clustered in part of the query its
+    perspective terms are otherwise unconstrained and the footprint extrapolates wildly.
+
+    Returns:
+        the fit (its ``H`` is ``(3, 3)`` either way) and the model used: ``homography`` or ``similarity``.
+    """
+    if model not in GEOMETRY_MODELS or homography_gain < 1:
+        raise ValueError(f"model must be one of {GEOMETRY_MODELS} (got {model!r}) and homography_gain >= 1")
+    if model == "similarity":
+        return estimate_similarity(pts_q, pts_r, threshold_px), "similarity"
+    hom = estimate_homography(pts_q, pts_r, threshold_px, image_size=image_size)
+    if model == "homography":
+        return hom, "homography"
+    sim = estimate_similarity(pts_q, pts_r, threshold_px)
+    if not sim.ok:
+        return hom, "homography"
+    if hom.ok and hom.num_inliers >= max(homography_gain * sim.num_inliers,
+                                         sim.num_inliers + homography_min_extra_inliers):
+        return hom, "homography"
+    return sim, "similarity"

@@ -44,20 +44,22 @@ def load_gallery(paths: list[Path]) -> list[GalleryMap]:
 
 
 def run_eval(checkpoint: Path, split: Path, data_root: Path, seed: int = 0, sift: bool = True,
-             limit: int | None = None, quarter_turns: tuple[int, ...] = (0,)) -> dict[str, Any]:
+             limit: int | None = None, quarter_turns: tuple[int, ...] = (0,),
+             geometry: str = "auto") -> dict[str, Any]:
     """Evaluate a checkpoint (and SIFT) on a split; returns the report.
 
-    ``quarter_turns`` other than ``(0,)`` searches turned copies of every query (no yaw prior on the vehicle)."""
+    ``quarter_turns`` other than ``(0,)`` searches turned copies of every query (no yaw prior on the vehicle);
+    ``geometry`` is the query -> map model of TopicGeo's footprint (the vehicle's ``auto`` by default)."""
     suite, pairs = suite_from_split(split, data_root)
     protocol = NAIP_PROTOCOL if suite == "naip" else SJER_PROTOCOL
     queries = evaluation_queries(pairs, protocol, seed=seed)[:limit]
     gallery = load_gallery([m for _, m in pairs])
     model = load_model(checkpoint)
     t0 = time.perf_counter()
-    ours = evaluate_topicgeo(model, queries, gallery, EvalConfig(quarter_turns=quarter_turns))
+    ours = evaluate_topicgeo(model, queries, gallery, EvalConfig(quarter_turns=quarter_turns, geometry=geometry))
     report: dict[str, Any] = {
         "suite": suite, "split": str(split), "checkpoint": str(checkpoint), "seed": seed, "queries": len(queries),
-        "quarter_turns": list(quarter_turns),
+        "quarter_turns": list(quarter_turns), "geometry": geometry,
         "gallery": [g.map_id for g in gallery], "topicgeo": summarize(ours),
         "topicgeo_seconds": round(time.perf_counter() - t0, 1),
     }
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quarter-turns", default="0",
                         help="comma-separated clockwise quarter turns of each query to search (0 = the protocol; "
                              "0,1,2,3 = the vehicle without a yaw prior)")
+    parser.add_argument("--geometry", default="auto", choices=("auto", "homography", "similarity"),
+                        help="TopicGeo's query -> map model (default auto, as the vehicle's locator)")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         turns = tuple(int(t) for t in args.quarter_turns.split(","))
     except ValueError:
         parser.error(f"--quarter-turns must be integers 0..3, got {args.quarter_turns!r}")
-    report = run_eval(args.checkpoint, args.split, args.data_root, args.seed, not args.no_sift, args.limit, turns)
+    report = run_eval(args.checkpoint, args.split, args.data_root, args.seed, not args.no_sift, args.limit, turns,
+                      args.geometry)
     emit_report(report, args.out)
     return 0
 

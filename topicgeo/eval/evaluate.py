@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
 from edge_runtime.numerics.geometry import (
+    GEOMETRY_MODELS,
     estimate_homography,
+    fit_query_to_map,
     footprint,
     is_convex_quad,
     project_points,
@@ -45,6 +47,9 @@ class EvalConfig:
         retrieval_k: MKNN k used to score candidates (0 per the supplement).
         consistency: geometric-consistency score parameters (reading A by default).
         homography_threshold_px: MAGSAC threshold in map pixels.
+        geometry: query -> map model, as the vehicle's locator (``LocatorConfig.geometry``): ``auto`` (the homography
+            only where it explains clearly more inliers than a similarity), ``homography`` or ``similarity``
+            (:func:`~edge_runtime.numerics.geometry.fit_query_to_map`).
         recall_ks: the k of R@k to report.
         quarter_turns: clockwise quarter turns of each query tried (best retrieval score wins); ``(0,)`` is the
             supplement's protocol, ``(0, 1, 2, 3)`` the vehicle's search without a yaw prior (the locator's
@@ -55,11 +60,14 @@ class EvalConfig:
     quarter_turns: tuple[int, ...] = (0,)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     homography_threshold_px: float = 4.0
+    geometry: str = "auto"
     recall_ks: tuple[int, ...] = (1, 3)
 
     def __post_init__(self) -> None:
         if self.retrieval_k < 0 or self.homography_threshold_px <= 0 or not self.recall_ks:
             raise ValueError("invalid EvalConfig")
+        if self.geometry not in GEOMETRY_MODELS:
+            raise ValueError(f"geometry must be one of {GEOMETRY_MODELS}, got {self.geometry!r}")
         if not self.quarter_turns or any(t not in (0, 1, 2, 3) for t in self.quarter_turns):
             raise ValueError(f"quarter_turns must be a non-empty subset of 0..3, got {self.quarter_turns}")
 
@@ -156,8 +164,8 @@ def locate_on_map(
         return None, 0, "no coarse match", (pts_q, pts_r)
     to_input = np.eye(3) if query_to_input is None else np.asarray(query_to_input, dtype=np.float64)
     input_size = tuple(np.abs(to_input[:2, :2]) @ np.asarray(query_size, dtype=np.float64))  # (w, h) turned
-    hom = estimate_homography(pts_q, pts_r, config.homography_threshold_px,
-                              image_size=(round(input_size[0]), round(input_size[1])))
+    hom, _ = fit_query_to_map(pts_q, pts_r, config.homography_threshold_px,
+                              (round(input_size[0]), round(input_size[1])), config.geometry)
     if not hom.ok:
         return None, 0, hom.reason, (pts_q, pts_r)
     return footprint(hom.H @ to_input, *query_size), hom.num_inliers, None, (pts_q, pts_r)

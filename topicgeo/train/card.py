@@ -113,7 +113,10 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "- Curriculum: stage 1 `configs/train_cpu.yaml` (full-circle rotations, the supplement's scale ranges), "
         "stage 2 `configs/train_cpu_stage2.yaml` (north-up +-45 degrees, scales near the locator's GSD-matched input), "
         "stage 3 `configs/train_cpu_stage3.yaml` (stage 2 continued; from step 6400 the backbone's GroupNorms take "
-        "their statistics from the valid cells only, so padding no longer shifts the features). "
+        "their statistics from the valid cells only, so padding no longer shifts the features), "
+        "stage 4 `configs/train_cpu_stage4.yaml` (warm start from the released stage 3 at step 10000; NAIP query "
+        "sides widened to the protocol's 100 px, and a fifth of the pairs from the single-date urban, forest and "
+        "panchromatic maps of `topicgeo/splits/extra_train.txt`). "
         "The vehicle de-rotates frames with its yaw prior or searches the four quarter turns.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
@@ -133,8 +136,11 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         + ".",
         f"- Prompt embeddings: {payload.get('topics', {}).get('encoder_id')} ({payload.get('topics', {}).get('dim')}-d,"
         " 31 prompts of Table 2).",
-        "- Data: SJER plots of `topicgeo/splits/sjer_train.txt` (2017 <-> 2018) and the NAIP train date pairs of "
-        "`topicgeo/splits/naip.json`; the SJER dev plots and NAIP 2016 are never used for training.",
+        "- Data: SJER plots of `topicgeo/splits/sjer_train.txt` (2017 <-> 2018), the NAIP train date pairs of "
+        "`topicgeo/splits/naip.json`"
+        + (" and the single-date maps of `topicgeo/splits/extra_train.txt` (NEON OSBS, USGS HRO, SpaceNet "
+           "Rotterdam and Atlanta panchromatic)" if cfg.get("data", {}).get("extra_root") else "")
+        + "; the SJER dev plots, NAIP 2016 and the Brighton Beach maps and frames are never used for training.",
         f"- Loss (first logged -> mean of the last 10 logs): total {first['total']:.3f} -> {tail['total']:.3f}, "
         f"coarse {first['coarse']:.3f} -> {tail['coarse']:.3f}, fine1 {first['fine1']:.3f} -> {tail['fine1']:.3f}, "
         f"fine2 {first['fine2']:.3f} -> {tail['fine2']:.3f}.",
@@ -142,6 +148,11 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "![loss curve](loss_curve.png)",
         "",
         "## Evaluation (dev splits, evaluation.md protocol, `topicgeo-eval`)",
+        "",
+        "TopicGeo's footprint comes from the vehicle's geometry choice (`"
+        + ", ".join(sorted({str(r.get("geometry", "homography")) for r in reports}) or ["auto"])
+        + "`: a similarity unless the homography explains clearly more matches, as `edge-locate`); SIFT's from "
+        "a MAGSAC homography.",
         "",
         "| suite | queries | quarter turns searched | TopicGeo R@1 / R@3 / mIoU | SIFT + MAGSAC R@1 / R@3 / mIoU |",
         "|---|---|---|---|---|",
@@ -159,7 +170,7 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "## Limits",
         "- Trained for a few hours on 2 CPU cores; far from converged (losses still falling). The target (R@1 >= 90 %, "
         "mIoU >= 80 % on cross-date queries) needs many more steps: training is resumable (`topicgeo-train --config "
-        "configs/train_cpu_stage3.yaml` continues from `runs/cpu_stage3/last.pt`), and on a GPU the `paper` preset at "
+        f"CONFIG` continues from `{cfg.get('out_dir')}/last.pt`), and on a GPU the `paper` preset at "
         "1024 px with AMP is the intended setting.",
         "- Data: 16 SJER plots and one NAIP area; a larger, more varied training set is the main lever after compute.",
         "- Retrieval is the weak stage: when the right plot is retrieved the footprint is usually good (IoU of the "
