@@ -152,6 +152,18 @@ def test_windows_and_child_index_agree() -> None:
             assert win[0, parent, child, 0].item() == feat.flatten()[flat].item()
 
 
+def test_gather_windows_equals_regrouping_the_whole_map() -> None:
+    from topicgeo.model.matching import gather_rows, gather_windows
+
+    torch.manual_seed(0)
+    feat = torch.randn(2, 5, 16, 24)  # 4x6 parents of 4x4 children, 5 channels, batch of 2
+    parents = torch.tensor([[0, 23, 7, 7, 12], [5, 18, 0, 22, 9]])
+    expected = gather_rows(windows(feat), parents)
+    got = gather_windows(feat, parents, 6)
+    assert got.shape == (2, 5, 16, 5)
+    assert torch.equal(got, expected)
+
+
 def test_even_window_grid_uses_the_half_cell_offsets() -> None:
     grid = window_grid(4)
     np.testing.assert_allclose(grid[:4, 0].numpy(), [-1, -1 / 3, 1 / 3, 1], atol=1e-6)

@@ -55,21 +55,22 @@ def match_windows(win_q: torch.Tensor, win_r: torch.Tensor, temperature: float, 
     return WindowMatches(conf=conf, best=best, score=score, valid=mutual & (score > threshold))
 
 
-def subpixel_expectation(query_feat: torch.Tensor, ref_window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LoFTR-style spatial expectation of a query feature over a 4x4 reference window (fp32).
+def subpixel_expectation(query_win: torch.Tensor, ref_win: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoFTR-style spatial expectation of every query child over its paired 4x4 reference window (fp32).
 
     Args:
-        query_feat: ``(N, C)`` features of query cells.
-        ref_window: ``(N, 16, C)`` the reference windows they are refined in.
+        query_win: ``(N, Q, C)`` features of the query cells of N windows (Q = 16 children each).
+        ref_win: ``(N, 16, C)`` the reference windows they are refined in (one per query window, shared by its Q
+            children: no per-child copy of the window is made).
 
     Returns:
-        ``mu (N, 2)`` expected position in normalised window coordinates ([-1, 1] = outer child centres; multiply by
-        ``(W - 1) / 2 * child_stride`` for pixels) and ``std (N,)`` = sum over x, y of the standard deviation.
+        ``mu (N, Q, 2)`` expected position in normalised window coordinates ([-1, 1] = outer child centres; multiply
+        by ``(W - 1) / 2 * child_stride`` for pixels) and ``std (N, Q)`` = sum over x, y of the standard deviation.
     """
-    c = query_feat.shape[-1]
-    logits = torch.einsum("nc,nkc->nk", query_feat.float(), ref_window.float()) / math.sqrt(c)
+    c = query_win.shape[-1]
+    logits = torch.einsum("nic,njc->nij", query_win.float(), ref_win.float()) / math.sqrt(c)
     heat = torch.softmax(logits, dim=-1)
-    grid = window_grid(4, query_feat.device)
+    grid = window_grid(4, query_win.device)
     mu = heat @ grid
     var = heat @ (grid**2) - mu**2
     std = var.clamp_min(1e-10).sqrt().sum(dim=-1)

@@ -31,10 +31,9 @@ from topicgeo.model.matching import (
     cell_center,
     child_index,
     dual_softmax,
-    gather_rows,
+    gather_windows,
     mknn_mask,
     topk_matches,
-    windows,
 )
 from topicgeo.model.topic import TopicModule
 
@@ -208,8 +207,8 @@ class TopicGeo(nn.Module):
     ) -> FineMatches:
         cfg = self.config.matching
         b, m = idx_q.shape
-        win_q = gather_rows(windows(feat_q), idx_q).reshape(b * m, 16, -1)
-        win_r = gather_rows(windows(feat_r), idx_r).reshape(b * m, 16, -1)
+        win_q = gather_windows(feat_q, idx_q, parent_w_q).reshape(b * m, 16, -1)
+        win_r = gather_windows(feat_r, idx_r, parent_w_r).reshape(b * m, 16, -1)
         win_q, win_r = encoder(win_q, win_r)
         wm = match_windows(win_q, win_r, cfg.fine_temperature, cfg.fine_threshold)
         children = torch.arange(16, device=idx_q.device)[None, None].expand(b, m, 16)
@@ -217,7 +216,7 @@ class TopicGeo(nn.Module):
         cr = child_index(idx_r[:, :, None], parent_w_r, wm.best.reshape(b, m, 16)).reshape(b, m * 16)
         pts_q = cell_center(cq, parent_w_q * 4, stride)
         if subpixel:
-            mu, std = subpixel_expectation(win_q.reshape(b * m * 16, -1), win_r.repeat_interleave(16, dim=0))
+            mu, std = subpixel_expectation(win_q, win_r)  # (B*M, 16, 2), (B*M, 16)
             centre = cell_center(idx_r, parent_w_r, stride * 4)[:, :, None, :]  # (B, M, 1, 2) window centre
             pts_r = (centre + mu.reshape(b, m, 16, 2) * fine_offset_scale(stride)).reshape(b, m * 16, 2)
             mu, std = mu.reshape(b, m * 16, 2), std.reshape(b, m * 16)

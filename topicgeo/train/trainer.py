@@ -191,7 +191,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     model.train()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    # Seeded by the start step too: a resumed sitting draws new pairs instead of replaying the first sitting's.
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank + 1_000_003 * start)
     manifest = data_manifest(dataset)
     topics = topics_metadata(config.topics)
     log_path = out / "log.csv"
@@ -199,7 +200,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     if rank == 0 and not log_path.exists():
         with log_path.open("w", newline="") as fh:
             csv.writer(fh).writerow(fields)
-    rng = np.random.default_rng(config.seed + 7919 * rank)
+    rng = np.random.default_rng([config.seed, rank, start])
     t0 = time.time() - elapsed
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=rank != 0, desc="train")
     for step in bar:
