@@ -74,7 +74,7 @@ def test_reference_checkpoint_beats_the_untrained_network_on_held_apart_plots(da
 
 
 def test_warm_start_keeps_the_weights_of_a_released_checkpoint_and_the_presets_thresholds(tmp_path: Path) -> None:
-    from topicgeo.checkpoint import CheckpointError, save_checkpoint
+    from topicgeo.checkpoint import CheckpointError, prompt_hash, save_checkpoint
     from topicgeo.train.trainer import warm_start_model
 
     prompts = load_prompts_matrix(TOPICS)
@@ -82,13 +82,16 @@ def test_warm_start_keeps_the_weights_of_a_released_checkpoint_and_the_presets_t
     torch.manual_seed(1)
     released = TopicGeo(preset.with_matching(threshold=0.1, fine_threshold=0.0, min_inliers=37), prompts=prompts)
     path = tmp_path / "released.pt"
-    save_checkpoint(path, released, {"step": 10000})
     torch.manual_seed(2)
     fresh = TopicGeo(preset, prompts=prompts)
+    save_checkpoint(path, released, {"step": 10000}, half=True)  # as released: fp16 weights and prompts
     warm = warm_start_model(path, fresh)
     assert warm.config == preset  # the run keeps the preset's test-time parameters, so its last.pt resumes
     for key, value in released.state_dict().items():
-        assert torch.equal(warm.state_dict()[key], value), key
+        if key == "prompts":  # the exact float32 matrix of the topics file, not its fp16 copy in the checkpoint
+            assert torch.equal(warm.prompts, prompts) and prompt_hash(warm.prompts) == prompt_hash(prompts)
+        else:
+            assert torch.equal(warm.state_dict()[key], value.half().float()), key
     other = get_preset("cpu").with_prompts(*prompts.shape)
     other = type(other).from_dict({**other.to_dict(), "backbone": {**other.to_dict()["backbone"], "gn_groups": 4}})
     with pytest.raises(CheckpointError, match="gn_groups"):

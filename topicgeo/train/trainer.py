@@ -145,7 +145,10 @@ def warm_start_model(path: Path, model: TopicGeo) -> TopicGeo:
     if stored.matching != model.config.matching:
         logger.info("warm start from %s: its test-time matching parameters are replaced by the preset's", path)
     loaded = load_model(path, expected_config=expected, prompts=model.prompts.cpu())
-    model.load_state_dict(loaded.state_dict(), strict=True)
+    # The prompt matrix stays the run's own exact float32 one (a released checkpoint stores it in fp16; its hash is
+    # of the float32 matrix it was trained with, checked above), so the run's checkpoints hash like its topics file.
+    weights = {k: v for k, v in loaded.state_dict().items() if k != "prompts"}
+    model.load_state_dict({**weights, "prompts": model.prompts}, strict=True)
     return model
 
 
