@@ -125,3 +125,17 @@ def test_extra_single_date_maps_join_the_training_mixture_with_exact_ground_trut
         c = cv2.cvtColor(shifted, cv2.COLOR_RGB2GRAY)[inside].astype(float)
         assert np.corrcoef(a, c)[0, 1] < scores[-1] - 0.2
     assert min(scores) > 0.6, scores
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("train_*.yaml")),
+                         ids=lambda p: p.name)
+def test_committed_training_configs_parse_and_name_only_known_data_options(path: Path) -> None:
+    import inspect
+
+    from topicgeo.train.datasets import build_training_dataset
+    from topicgeo.train.trainer import TrainConfig
+
+    config = TrainConfig.from_yaml(path)
+    known = set(inspect.signature(build_training_dataset).parameters)
+    assert set(config.data) <= known, sorted(set(config.data) - known)
+    assert config.steps > max(config.milestones, default=0) and config.lr > 0
