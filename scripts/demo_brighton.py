@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("edge_runtime.service.broker").setLevel(logging.INFO)  # which broker, and why
     py = sys.executable
+    args.out = args.out.resolve()  # the service config written there names its paths absolutely
     bundle, cache = args.out / "bundle", args.out / "cache"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.reuse and (bundle / "manifest.json").is_file() and cache.is_dir():

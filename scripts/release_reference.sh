@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Release a training run as the committed reference checkpoint (topicgeo/assets): choose the coarse and in-window
-# thresholds on the TRAINING plots, write the fp16 checkpoint, calibrate the vehicle's acceptance rule (min_inliers)
-# on training queries through an exported bundle, evaluate on the dev splits (evaluation.md protocol; with and without
+# thresholds on the dev plots with seed-1 queries (evaluation.md: tune on dev data only; the training plots are
+# memorised by now, so they favour rules too strict or too loose for unseen ground), write the fp16 checkpoint,
+# calibrate the vehicle's acceptance rule (min_inliers) on the same seed-1 dev queries through an exported bundle,
+# evaluate on the dev splits with the reports' seed-0 queries (evaluation.md protocol; with and without
 # the quarter-turn search of the vehicle) and write the model card with those numbers.
 #   bash scripts/release_reference.sh [RUN_DIR] [DATA_ROOT]     (defaults: runs/cpu_stage4 ../shared/data)
 set -euo pipefail
@@ -10,7 +12,9 @@ RUN=${1:-runs/cpu_stage4}
 DATA=${2:-../shared/data}
 ASSETS=topicgeo/assets
 LEVEL2=128  # level-1 matches refined at level 2: on the SJER dev queries 128 kept the mIoU of 256 at 0.7x the fine time
-python -m topicgeo.eval.tune --checkpoint "$RUN/last.pt" --split topicgeo/splits/sjer_train.txt --data-root "$DATA" \
+TUNE_SPLIT=topicgeo/splits/sjer_dev.txt
+TUNE_SEED=1  # the dev reports below draw seed 0
+python -m topicgeo.eval.tune --checkpoint "$RUN/last.pt" --split "$TUNE_SPLIT" --seed "$TUNE_SEED" --data-root "$DATA" \
   --out "$ASSETS/tune_threshold.json"
 THRESHOLD=$(python -c "import json; print(json.load(open('$ASSETS/tune_threshold.json'))['best_threshold'])")
 FINE=$(python -c "import json; print(json.load(open('$ASSETS/tune_threshold.json'))['best_fine_threshold'])")
@@ -21,7 +25,8 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 python -m export.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --precision fp32 --query-size 512 --tile-size 512 \
   --out "$WORK/bundle" --no-engines > /dev/null
-python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --out "$ASSETS/acceptance.json"
+python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --split "$TUNE_SPLIT" --seed "$TUNE_SEED" \
+  --out "$ASSETS/acceptance.json"
 MIN_INLIERS=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_inliers'])")
 python -m topicgeo.train.card --run "$RUN" --out "$ASSETS" --coarse-threshold "$THRESHOLD" --fine-threshold "$FINE" \
   --max-level2-windows "$LEVEL2" \

@@ -56,9 +56,9 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
             acceptance: Path | None = None, max_level2_windows: int | None = None) -> Path:
     """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``.
 
-    ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on training plots by
+    ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on held-apart queries by
     :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes); ``min_inliers`` the vehicle's acceptance
-    rule (chosen on training queries by ``python -m benchmarks.acceptance``, report ``acceptance``);
+    rule (chosen on held-apart queries by ``python -m benchmarks.acceptance``, report ``acceptance``);
     ``max_level2_windows`` the number of level-1 matches refined at level 2 (the fine matcher's main cost).
     """
     last = run / "last.pt"
@@ -120,15 +120,16 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "The vehicle de-rotates frames with its yaw prior or searches the four quarter turns.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
-        + (f", chosen on training plots by `python -m topicgeo.eval.tune` (retrieval R@1 by coarse threshold on "
-           f"{tuning['queries']} queries of `{tuning['split']}`: {tuning['retrieval_R@1']}; mean IoU by in-window "
+        + (f", chosen by `python -m topicgeo.eval.tune` (retrieval R@1 by coarse threshold on "
+           f"{tuning['queries']} queries of `{tuning['split']}`, seed {tuning.get('seed')} (the dev reports below "
+           f"draw seed 0): {tuning['retrieval_R@1']}; mean IoU by in-window "
            f"threshold: { {k: v['mIoU'] for k, v in tuning.get('full_by_fine_threshold', {}).items()} })"
            if tuning else "")
         + ".",
         f"- Level-2 refinement of the {max_level2_windows} most confident level-1 matches per pair "
         "(`max_level2_windows`, a fixed size in the exported fine matcher).",
         f"- Acceptance rule of the vehicle: a fix needs at least {min_inliers} geometry inliers"
-        + (f", chosen on {acceptance['queries']} training queries (`{acceptance['split']}`) by "
+        + (f", chosen on {acceptance['queries']} queries of `{acceptance['split']}` (seed {acceptance['seed']}) by "
            f"`python -m benchmarks.acceptance` for a precision of at least {acceptance['target_precision']:.0%} "
            f"(there: precision {acceptance['chosen']['precision']:.0%}, {acceptance['chosen']['accepted']} fixes "
            f"accepted, {acceptance['chosen']['correct']} of {acceptance['correct_total']} correct ones kept)"
