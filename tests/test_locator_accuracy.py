@@ -5,12 +5,11 @@ width for the intrinsics) on the bundled orthophotos: the frames are located wit
 the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: the locator searches the quarter turns)
 lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
 
-The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-11-25 with the stage-3
-checkpoint, step 10000): its calibrated acceptance rule (37 inliers, chosen on training queries for >= 90 % right
-fixes) rejects all six frames (24-35 inliers where a region is retrieved at all); with the uncalibrated rule of 12
-inliers the quarter turns of DJI_0021 land up to 25 m apart. An SJER plot and a NAIP crop are no longer placed on the
-Brighton maps, so that test runs unmarked. The others are strict xfails: they run the whole vehicle path and fail
-loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's targets (every frame,
+The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-12-05 with the stage-4
+checkpoint, step 22800): its calibrated acceptance rule (21 inliers) leaves five of the six frames without a fix and
+places the sixth 69 m off (scripts/demo_brighton.py). An SJER plot and a NAIP crop are not placed on the Brighton maps,
+so that test runs unmarked. The others are strict xfails: they run the whole vehicle path and fail loudly (XPASS) the
+day a checkpoint meets them, so the marks must then be removed. The issue's targets (every frame,
 median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
 """
 

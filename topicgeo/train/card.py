@@ -176,8 +176,12 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "- Data: 16 SJER plots and one NAIP area; a larger, more varied training set is the main lever after compute.",
         "- Retrieval is the weak stage: when the right plot is retrieved the footprint is usually good (IoU of the "
         "correct fixes in the acceptance report), but the right plot is often not ranked first. NAIP queries (crop "
-        "100-360 px of a 5 m map, up to 5x zoom) lie partly outside the trained scale range. R@3 of the one-map NAIP "
-        "suite is not informative (the only map is always in the top 3).",
+        "100-360 px of a 5 m map, up to 5x zoom) cover less than two 64-px map cells at the high-zoom end, so coarse "
+        "retrieval has almost nothing to match there (a map pyramid in the cache is the next lever). R@3 of the "
+        "one-map NAIP suite is not informative (the only map is always in the top 3).",
+        "- Through the vehicle path (`edge-locate`, ONNX Runtime) the acceptance rule turns low-inlier results into "
+        "\"no fix\": `topicgeo-eval` scores those footprints, `edge-bench` counts them as failures, so its R@1 and "
+        "mIoU are lower than the table above.",
         "- Not fit for flight: the bundled Brighton Beach frames are placed tens of metres off or not at all "
         "(tests/test_locator_accuracy.py keeps the 1 m target as a strict xfail); the acceptance rule trades fixes "
         "for precision.",
