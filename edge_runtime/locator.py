@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_INLIERS = 12  # acceptance rule of bundles whose checkpoint carries no calibrated one
 HOMOGRAPHY_MIN_EXTRA_INLIERS = 12  # geometry="auto": the homography must explain this many more inliers
+PLAN_MERGE_RATIO = 1.05  # maps whose query content sizes differ by less than this factor share one query scale
 
 
 class LocatorError(ValueError):
@@ -390,8 +391,9 @@ class Locator:
 
         With a scale prior (``priors.frame_gsd_m``, or the altitude and the intrinsics) the frame is brought to
         ``target_ratio`` times each map GSD's footprint (one plan per distinct content size, so a cache that mixes a
-        0.25 m and a 0.5 m orthophoto shows each map a query at its own scale); without one, every content scale of
-        the config is tried against every map.
+        0.25 m and a 0.5 m orthophoto shows each map a query at its own scale; sizes within ``PLAN_MERGE_RATIO`` of
+        each other share one plan and its median size); without one, every content scale of the config is tried
+        against every map.
         """
         if priors.frame_gsd_m is not None:
             frame_gsd = float(priors.frame_gsd_m)
@@ -399,12 +401,16 @@ class Locator:
             frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
         else:
             return [QueryPlan(s * self.query_size, {}, None) for s in self.config.content_scales]
-        by_content: dict[int, dict[str, float]] = {}
-        for map_id in self.cells:
-            expected = max(frame_shape) * frame_gsd / self.cache.map(map_id).georef.gsd_m
-            content = min(float(self.query_size), self.config.target_ratio * expected)
-            by_content.setdefault(round(content), {})[map_id] = expected
-        return [QueryPlan(float(c), e, frozenset(e)) for c, e in sorted(by_content.items(), reverse=True)]
+        expected = {m: max(frame_shape) * frame_gsd / self.cache.map(m).georef.gsd_m for m in self.cells}
+        content = {m: min(float(self.query_size), self.config.target_ratio * e) for m, e in expected.items()}
+        groups: list[list[str]] = []  # maps whose content sizes lie within PLAN_MERGE_RATIO share one encode
+        for m in sorted(content, key=lambda m: -content[m]):
+            if groups and content[groups[-1][0]] <= PLAN_MERGE_RATIO * content[m]:
+                groups[-1].append(m)
+            else:
+                groups.append([m])
+        return [QueryPlan(float(np.median([content[m] for m in g])), {m: expected[m] for m in g}, frozenset(g))
+                for g in groups]
 
     def locate(self, frame: np.ndarray, priors: Priors | None = None, camera: Any = None) -> LocateResult:
         """Locate an RGB frame ``(H, W, 3)`` uint8; ``camera`` overrides the default one."""

@@ -239,3 +239,18 @@ def test_unique_map_cells_keep_one_feature_per_map_cell_from_the_most_central_ti
                 assert chosen <= max(abs(u - a0 - 1.5), abs(v - b0 - 1.5))  # no other tile holds it more centrally
     with pytest.raises(ValueError, match="disagree"):
         unique_map_cells(feats[:, :4], valid, origins, tile, cell)
+
+
+def test_maps_of_nearly_equal_gsd_share_one_query_scale() -> None:
+    """Dates of one area differ by a few centimetres of GSD: they share one encode, a 2x different map does not."""
+    from types import SimpleNamespace
+
+    gsds = {"a": 0.5000, "b": 0.5004, "c": 0.4990, "d": 0.25}
+    fake = object.__new__(Locator)
+    fake.cells = dict.fromkeys(gsds)
+    fake.cache = SimpleNamespace(map=lambda m: SimpleNamespace(georef=SimpleNamespace(gsd_m=gsds[m])))
+    fake.query_size, fake.config = 512, LocatorConfig()
+    plans = fake.query_plans((900, 1600), Priors(frame_gsd_m=0.05), None)
+    assert [sorted(p.map_ids) for p in plans] == [["d"], ["a", "b", "c"]]
+    assert plans[1].content_px == pytest.approx(1.6 * 1600 * 0.05 / 0.5, rel=0.01)
+    assert plans[1].expected_px["c"] == pytest.approx(1600 * 0.05 / 0.499)

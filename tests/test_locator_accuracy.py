@@ -135,3 +135,4 @@ def test_each_map_gsd_gets_a_query_at_its_own_scale(locator: Locator) -> None:
     unscaled = locator.query_plans(frame.shape[:2], Priors(), None)
     assert [(p.content_px, p.map_ids) for p in unscaled] == [
         (s * locator.query_size, None) for s in locator.config.content_scales]
+
