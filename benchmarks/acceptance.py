@@ -85,7 +85,7 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, work: Path) -> l
     build_cache(bundle, [m for _, m in pairs], cache, BuildConfig(progress=False))
     locator = Locator.open(bundle, cache, LocatorConfig(min_inliers=FLOOR))
     rows = []
-    for q in tqdm(queries, desc="locate training queries"):
+    for q in tqdm(queries, desc="locate calibration queries"):
         locator.last_fix = None  # every query on its own
         result = locator.locate(q.image)
         h, w = q.image.shape[:2]

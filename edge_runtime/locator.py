@@ -39,6 +39,7 @@ from edge_runtime.numerics.coarse import CoarseMatchConfig, coarse_confidence, c
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
 from edge_runtime.numerics.geometry import (
     GEOMETRY_MODELS,
+    HOMOGRAPHY_GAIN,
     HomographyResult,
     fit_query_to_map,
     footprint,
@@ -52,7 +53,6 @@ from edge_runtime.types import LocateResult, Priors
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_INLIERS = 12  # acceptance rule of bundles whose checkpoint carries no calibrated one
-HOMOGRAPHY_MIN_EXTRA_INLIERS = 12  # geometry="auto": the homography must explain this many more inliers
 PLAN_MERGE_RATIO = 1.05  # maps whose query content sizes differ by less than this factor share one query scale
 
 
@@ -103,7 +103,7 @@ class LocatorConfig:
     min_inliers: int | None = None
     homography_threshold_px: float = 4.0
     geometry: str = "auto"
-    homography_gain: float = 1.25
+    homography_gain: float = HOMOGRAPHY_GAIN
     max_scale_error: float = 2.0
     prior_radius_m: float = 150.0
     verify: bool = True
@@ -131,7 +131,7 @@ def fit_geometry(pts_f: np.ndarray, pts_r: np.ndarray, frame_size: tuple[int, in
         the fit (its ``H`` is ``(3, 3)`` either way) and the model used: ``homography`` or ``similarity``.
     """
     return fit_query_to_map(pts_f, pts_r, config.homography_threshold_px, frame_size, config.geometry,
-                            config.homography_gain, HOMOGRAPHY_MIN_EXTRA_INLIERS)
+                            config.homography_gain)
 
 
 @dataclass(frozen=True)

@@ -428,6 +428,8 @@ def estimate_similarity(
 
 
 GEOMETRY_MODELS = ("auto", "homography", "similarity")
+HOMOGRAPHY_GAIN = 1.25  # "auto": the homography must explain this factor of the similarity's inliers ...
+HOMOGRAPHY_MIN_EXTRA_INLIERS = 12  # ... and this many more
 
 
 def fit_query_to_map(
@@ -436,8 +438,8 @@ def fit_query_to_map(
     threshold_px: float,
     image_size: tuple[int, int] | None = None,
     model: str = "auto",
-    homography_gain: float = 1.25,
-    homography_min_extra_inliers: int = 12,
+    homography_gain: float = HOMOGRAPHY_GAIN,
+    homography_min_extra_inliers: int = HOMOGRAPHY_MIN_EXTRA_INLIERS,
 ) -> tuple[HomographyResult, str]:
     """Query -> map transform from matches ``pts_q, pts_r (N, 2)``: the one geometry choice of the vehicle's locator
     and of ``topicgeo-eval``.

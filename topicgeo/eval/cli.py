@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.numerics.geometry import GEOMETRY_MODELS
 from topicgeo.checkpoint import load_model
 from topicgeo.data.pairs import naip_eval_pairs, sjer_eval_pairs
 from topicgeo.data.raster import GeoRaster
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quarter-turns", default="0",
                         help="comma-separated clockwise quarter turns of each query to search (0 = the protocol; "
                              "0,1,2,3 = the vehicle without a yaw prior)")
-    parser.add_argument("--geometry", default="auto", choices=("auto", "homography", "similarity"),
+    parser.add_argument("--geometry", default="auto", choices=GEOMETRY_MODELS,
                         help="TopicGeo's query -> map model (default auto, as the vehicle's locator)")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)

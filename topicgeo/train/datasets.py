@@ -76,30 +76,22 @@ def build_training_dataset(
     rotation = (float(rotation_deg[0]), float(rotation_deg[1]))
     parts: dict[str, PairDataset] = {}
     weights: dict[str, int] = {}
+
+    def add(name: str, sources: list, weight: int, seed_offset: int, **sides: Any) -> None:
+        synth = QuerySynthesisConfig(query_size=query_size, rotation_deg=rotation, **sides)
+        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
+        parts[name] = PairDataset(sources, cfg, seed=seed + seed_offset, length=samples_per_epoch)
+        weights[name] = weight
+
     if sjer_root:
-        synth = QuerySynthesisConfig(
-            query_size=query_size, side_fraction_range=tuple(sjer_side_fraction_range), rotation_deg=rotation
-        )
-        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
-        parts["sjer"] = PairDataset(sjer_sources(sjer_root, sjer_split), cfg, seed=seed, length=samples_per_epoch)
-        weights["sjer"] = sjer_weight
+        add("sjer", sjer_sources(sjer_root, sjer_split), sjer_weight, 0,
+            side_fraction_range=tuple(sjer_side_fraction_range))
     if naip_root:
-        synth = QuerySynthesisConfig(
-            query_size=query_size, side_range=tuple(naip_side_range), side_fraction_range=None, rotation_deg=rotation
-        )
-        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
-        parts["naip"] = PairDataset(
-            naip_sources(naip_root, naip_split, "train"), cfg, seed=seed + 1, length=samples_per_epoch
-        )
-        weights["naip"] = naip_weight
+        add("naip", naip_sources(naip_root, naip_split, "train"), naip_weight, 1,
+            side_range=tuple(naip_side_range), side_fraction_range=None)
     if extra_root:
-        synth = QuerySynthesisConfig(
-            query_size=query_size, side_fraction_range=tuple(extra_side_fraction_range), rotation_deg=rotation
-        )
-        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
-        parts["extra"] = PairDataset(folder_sources(extra_root, extra_split), cfg, seed=seed + 2,
-                                     length=samples_per_epoch)
-        weights["extra"] = extra_weight
+        add("extra", folder_sources(extra_root, extra_split), extra_weight, 2,
+            side_fraction_range=tuple(extra_side_fraction_range))
     if not parts:
         raise ValueError("build_training_dataset needs sjer_root, naip_root and/or extra_root")
     return MixedPairs(parts, weights)
