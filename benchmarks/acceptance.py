@@ -1,11 +1,14 @@
 """``python -m benchmarks.acceptance``: calibrate the vehicle's acceptance rule on held-apart queries.
 
-The locator accepts a fix when its frame -> map geometry has at least ``min_inliers`` inliers. How many inliers a
-wrong place collects depends on the checkpoint, so the rule is chosen per checkpoint, here: SJER queries (2017,
-evaluation.md §1 synthesis, seeded) are located through the exported bundle and a map cache of those plots' 2018 images
-(the vehicle path, ONNX Runtime), every outcome is recorded with its inlier count, and the smallest ``min_inliers``
-whose accepted fixes reach the target precision is chosen. A fix is correct when it is on the right plot and its
-footprint contains the query's true centre. The chosen value goes into the released checkpoint
+The locator accepts a fix when its frame -> map geometry has at least ``min_inliers`` inliers. It verifies up to
+``verify_candidates`` retrieval hypotheses per frame, best first, and stops at the first accepted one, so the rule
+decides both whether a frame gets a fix and which hypothesis gives it. How many inliers a wrong place collects depends
+on the checkpoint, so the rule is chosen per checkpoint, here: SJER queries (2017, evaluation.md §1 synthesis, seeded)
+are located through the exported bundle and a map cache of those plots' 2018 images (the vehicle path, ONNX Runtime)
+with every hypothesis verified, each is recorded with its inlier count and correctness, and for every threshold the
+locator's stop-at-first-accepted rule is replayed; the smallest ``min_inliers`` whose accepted fixes reach the target
+precision is chosen. A fix is correct when it is on the right plot and its footprint contains the query's true
+centre. The chosen value goes into the released checkpoint
 (``python -m topicgeo.train.card --min-inliers N``) and from there into every bundle.
 
 Which plots: a network that has memorised its training plots places nearly every training query right with a handful
@@ -22,6 +25,7 @@ import argparse
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,43 +41,68 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 TRAIN_SPLIT = REPO / "topicgeo" / "splits" / "sjer_train.txt"
 FLOOR = 4  # a homography needs 4 matches: the smallest rule there is
+NEVER_ACCEPT = 10**9
 
 
-def accepted_at(inliers: np.ndarray, correct: np.ndarray, min_inliers: int) -> dict[str, Any]:
-    """Fixes ``accepted`` with at least ``min_inliers`` inliers, how many are ``correct`` and their ``precision``
-    (1.0 when nothing is accepted); ``inliers (N,)`` int, ``correct (N,)`` bool."""
-    keep = inliers >= min_inliers
-    return {"accepted": int(keep.sum()), "correct": int(correct[keep].sum()),
-            "precision": float(correct[keep].mean()) if keep.any() else 1.0}
+def _per_query(values: Sequence[Any], dtype: type) -> list[np.ndarray]:
+    """A 1-D array (one hypothesis per query) or a sequence of 1-D arrays (hypotheses per query, in verification
+    order) as a list of 1-D arrays."""
+    if isinstance(values, np.ndarray) and values.ndim == 1:
+        return [np.asarray([v], dtype=dtype) for v in values]
+    return [np.asarray(v, dtype=dtype).reshape(-1) for v in values]
 
 
-def choose_min_inliers(inliers: np.ndarray, correct: np.ndarray, target_precision: float) -> dict[str, Any]:
+def accepted_at(inliers: Sequence[Any], correct: Sequence[Any], min_inliers: int) -> dict[str, Any]:
+    """Fixes ``accepted`` at threshold ``min_inliers``, how many are ``correct`` and their ``precision`` (1.0 when
+    nothing is accepted).
+
+    Args:
+        inliers: per query, the inlier counts of its verified hypotheses in verification order: ``(N,)`` ints (one
+            hypothesis each) or N 1-D arrays.
+        correct: the same shape(s), bool: that hypothesis' fix would be right.
+        min_inliers: the rule; a query's fix is its first hypothesis with at least this many inliers (the locator
+            stops there), none when no hypothesis reaches it.
+    """
+    inl, ok = _per_query(inliers, np.int64), _per_query(correct, bool)
+    if len(inl) != len(ok) or any(a.shape != b.shape for a, b in zip(inl, ok, strict=True)):
+        raise ValueError("inliers and correct must hold the same number of hypotheses per query")
+    accepted = right = 0
+    for counts, good in zip(inl, ok, strict=True):
+        hit = np.flatnonzero(counts >= min_inliers)
+        if len(hit):
+            accepted += 1
+            right += int(good[hit[0]])
+    return {"accepted": accepted, "correct": right, "precision": right / accepted if accepted else 1.0}
+
+
+def choose_min_inliers(inliers: Sequence[Any], correct: Sequence[Any], target_precision: float) -> dict[str, Any]:
     """Smallest inlier threshold whose accepted fixes reach ``target_precision``.
 
     Args:
-        inliers: ``(N,)`` inlier count of every query's best geometry (0 when none was found).
-        correct: ``(N,)`` bool, the fix would be right.
+        inliers: per query, the inlier counts of its verified hypotheses (0 when no geometry was found): ``(N,)`` int
+            with one hypothesis per query, or N 1-D arrays in verification order (see :func:`accepted_at`).
+        correct: bool, the same shape(s): that hypothesis' fix would be right.
         target_precision: wanted fraction of correct fixes among the accepted ones, in (0, 1].
 
     Returns:
         ``min_inliers`` and, at that threshold, ``accepted``, ``correct`` and ``precision`` (1.0 with nothing
         accepted); when no threshold reaches the target, one above every count (nothing is accepted).
     """
-    inl = np.asarray(inliers, dtype=np.int64)
-    ok = np.asarray(correct, dtype=bool)
-    if inl.shape != ok.shape or inl.ndim != 1:
-        raise ValueError(f"inliers {inl.shape} and correct {ok.shape} must be matching 1-D arrays")
+    if isinstance(inliers, np.ndarray) and (inliers.ndim != 1 or np.shape(correct) != inliers.shape):
+        raise ValueError(f"inliers {inliers.shape} and correct {np.shape(correct)} must be matching 1-D arrays")
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must lie in (0, 1], got {target_precision}")
-    for t in sorted({FLOOR, *(int(v) for v in inl if v >= FLOOR)}):
-        outcome = accepted_at(inl, ok, t)
+    counts = np.concatenate(_per_query(inliers, np.int64) or [np.zeros(0, np.int64)])
+    for t in sorted({FLOOR, *(int(v) for v in counts if v >= FLOOR)}):
+        outcome = accepted_at(inliers, correct, t)
         if outcome["precision"] >= target_precision:
             return {"min_inliers": t, **outcome}
-    top = int(inl.max(initial=FLOOR - 1)) + 1
+    top = int(counts.max(initial=FLOOR - 1)) + 1
     return {"min_inliers": max(top, FLOOR), "accepted": 0, "correct": 0, "precision": 1.0}
 
 
-def _outcomes(bundle: Path, data: Path, split: Path, seed: int, work: Path) -> list[dict[str, Any]]:
+def _outcomes(bundle: Path, data: Path, split: Path, seed: int, verify_candidates: int,
+              work: Path) -> list[dict[str, Any]]:
     from maps.build import BuildConfig, build_cache
     from topicgeo.data.pairs import sjer_eval_pairs
     from topicgeo.data.synthesis import SJER_PROTOCOL, evaluation_queries
@@ -83,7 +112,8 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, work: Path) -> l
     queries = evaluation_queries(pairs, SJER_PROTOCOL, seed)
     cache = work / "cache"
     build_cache(bundle, [m for _, m in pairs], cache, BuildConfig(progress=False))
-    locator = Locator.open(bundle, cache, LocatorConfig(min_inliers=FLOOR))
+    # A rule no geometry reaches: every hypothesis is verified and recorded; accepted_at replays the real rule.
+    locator = Locator.open(bundle, cache, LocatorConfig(min_inliers=NEVER_ACCEPT, verify_candidates=verify_candidates))
     rows = []
     for q in tqdm(queries, desc="locate calibration queries"):
         locator.last_fix = None  # every query on its own
@@ -91,14 +121,17 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, work: Path) -> l
         h, w = q.image.shape[:2]
         truth = footprint(q.H_query_to_map, w, h)
         centre = project_points(q.H_query_to_map, np.array([[(w - 1) / 2.0, (h - 1) / 2.0]]))[0]
-        right_map = result.ok and result.map_id == Path(q.map_id).stem
-        quad = np.asarray(result.footprint_px) if result.ok else None
-        correct = bool(right_map and is_convex_quad(quad) and quad_contains(quad, centre))
-        rows.append({"query": q.query_id, "ok": result.ok, "map_id": result.map_id, "true_map": Path(q.map_id).stem,
-                     "inliers": int(result.inliers or 0) if result.ok else 0, "correct": correct,
-                     "iou": float(quad_iou(quad, truth)) if correct else 0.0,
-                     "retrieval_score": float(result.extra.get("retrieval_score", 0.0)) if result.ok else 0.0,
-                     "geometry_model": result.extra.get("geometry_model"), "reason": result.reason})
+        hypotheses = []
+        for v in result.extra.get("verified", []):
+            quad = None if v["footprint_px"] is None else np.asarray(v["footprint_px"])
+            usable = quad is not None and is_convex_quad(quad)  # the locator rejects a degenerate footprint
+            correct = bool(usable and v["map_id"] == Path(q.map_id).stem and quad_contains(quad, centre))
+            hypotheses.append({"map_id": v["map_id"], "rotation_deg": v["rotation_deg"],
+                               "retrieval_score": round(float(v["score"]), 5),
+                               "inliers": int(v["inliers"]) if usable else 0, "correct": correct,
+                               "iou": float(quad_iou(quad, truth)) if correct else 0.0, "reason": v["reason"]})
+        rows.append({"query": q.query_id, "true_map": Path(q.map_id).stem, "reason": result.reason,
+                     "hypotheses": hypotheses})
     return rows
 
 
@@ -111,20 +144,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="SJER plots to calibrate on (the release uses the dev split with --seed 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target-precision", type=float, default=0.9)
+    parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
+                        help="hypotheses the locator verifies per frame (the vehicle's setting)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if "dev" in args.split.name and args.seed == 0:
         parser.error("seed 0 draws the dev reports' own queries: calibrate on a dev split with another --seed")
     with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
-        rows = _outcomes(args.bundle, args.data, args.split, args.seed, Path(work))
-    inliers = np.array([r["inliers"] for r in rows])
-    correct = np.array([r["correct"] for r in rows])
+        rows = _outcomes(args.bundle, args.data, args.split, args.seed, args.verify_candidates, Path(work))
+    inliers = [[h["inliers"] for h in r["hypotheses"]] for r in rows]
+    correct = [[h["correct"] for h in r["hypotheses"]] for r in rows]
     chosen = choose_min_inliers(inliers, correct, args.target_precision)
     sweep = {str(t): accepted_at(inliers, correct, t) for t in (FLOOR, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80)}
     report = {"split": str(args.split.relative_to(REPO) if args.split.is_relative_to(REPO) else args.split),
               "seed": args.seed, "queries": len(rows), "target_precision": args.target_precision,
-              "correct_total": int(correct.sum()), "chosen": chosen,
+              "verify_candidates": args.verify_candidates,
+              "correct_total": sum(any(c) for c in correct), "chosen": chosen,
               "by_min_inliers": sweep,
               "outcomes": rows}
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -86,6 +86,7 @@ def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
             out["map_id"] = result.map_id
     # retrieval ranking (best map first; the locator's shortlist), also when the fine stage failed
     out["candidates"] = [c["map_id"] for c in result.extra.get("candidates", [])]
+    out["verified"] = len(result.extra.get("verified", []))  # retrieval hypotheses the fine stage ran on
     out.update({"confidence": round(float(result.confidence), 4), "inliers": int(result.inliers),
                 "latency_ms": result.latency_ms, "backend": result.backend, "precision": result.precision,
                 "degraded": result.degraded})
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="sensor width for EXIF intrinsics without a calibrated focal length (Phantom 3: 6.17)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--allow-fallback", action="store_true", help="fall back to ONNX Runtime if TensorRT fails")
+    parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
+                        help="retrieval hypotheses the fine stage may verify per frame (best first, until one is "
+                             "accepted; default %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--viz", type=Path, help="write a picture per frame into this folder")
     parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
@@ -153,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         from calibration.camera_info import read_camera_info
 
         camera = read_camera_info(args.calibration)
-    config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
-                           verify=not args.no_verify)
+    try:
+        config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
+                               verify_candidates=args.verify_candidates, verify=not args.no_verify)
+    except ValueError as exc:
+        parser.error(str(exc))
     t0 = time.perf_counter()
     try:
         locator = Locator.open(args.bundle, args.cache, config)

@@ -467,7 +467,9 @@ class TileGrid:
         tile_size: square tile side in pixels (the bundle's encoder tile).
         stride: distance between neighbouring tile origins in pixels (``tile_size - overlap``).
         cell: coarse feature stride in pixels (64).
-        nx, ny: tiles per row / column; tile ``k`` has origin ``((k % nx) * stride, (k // nx) * stride)``.
+        nx, ny: tiles per row / column; tile ``k`` has origin ``(x0 + (k % nx) * stride, y0 + (k // nx) * stride)``.
+        x0, y0: origin of the first tile, ``<= 0`` multiples of ``cell`` (a map narrower than a tile is centred in
+            it; caches written before this field have 0).
     """
 
     tile_size: int
@@ -475,6 +477,8 @@ class TileGrid:
     cell: int
     nx: int
     ny: int
+    x0: int = 0
+    y0: int = 0
 
     def __post_init__(self) -> None:
         if self.cell < 1 or self.tile_size < self.cell or self.tile_size % self.cell:
@@ -483,6 +487,9 @@ class TileGrid:
             raise MapCacheError(f"stride {self.stride} must be in 1..tile_size ({self.tile_size})")
         if self.nx < 1 or self.ny < 1:
             raise MapCacheError(f"tile grid {self.nx}x{self.ny} is empty")
+        if any(o > 0 or o <= -self.tile_size or o % self.cell for o in (self.x0, self.y0)):
+            raise MapCacheError(f"first tile origin ({self.x0}, {self.y0}) must be non-positive multiples of the cell "
+                                f"{self.cell} within one tile")
 
     @property
     def n_tiles(self) -> int:
@@ -501,17 +508,20 @@ class TileGrid:
 
     def origins(self) -> np.ndarray:
         """``(n_tiles, 2)`` int64 tile origins ``(x0, y0)``, row-major (x fastest)."""
-        ys, xs = np.meshgrid(np.arange(self.ny) * self.stride, np.arange(self.nx) * self.stride, indexing="ij")
+        ys, xs = np.meshgrid(self.y0 + np.arange(self.ny) * self.stride, self.x0 + np.arange(self.nx) * self.stride,
+                             indexing="ij")
         return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.int64)
 
     def to_dict(self) -> dict[str, int]:
         """Manifest entry."""
-        return {"tile_size": self.tile_size, "stride": self.stride, "cell": self.cell, "nx": self.nx, "ny": self.ny}
+        return {"tile_size": self.tile_size, "stride": self.stride, "cell": self.cell, "nx": self.nx, "ny": self.ny,
+                "x0": self.x0, "y0": self.y0}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TileGrid:
         """Parse a manifest entry."""
-        return cls(int(raw["tile_size"]), int(raw["stride"]), int(raw["cell"]), int(raw["nx"]), int(raw["ny"]))
+        return cls(int(raw["tile_size"]), int(raw["stride"]), int(raw["cell"]), int(raw["nx"]), int(raw["ny"]),
+                   int(raw.get("x0", 0)), int(raw.get("y0", 0)))
 
 
 # -- the cache ---------------------------------------------------------------------------------------------------

@@ -310,3 +310,23 @@ def test_acceptance_rule_is_the_smallest_inlier_threshold_reaching_the_precision
         choose_min_inliers(inliers, correct[:3], 0.9)
     with pytest.raises(ValueError):
         choose_min_inliers(inliers, correct, 0.0)
+
+
+def test_acceptance_replays_the_locators_stop_at_first_accepted_hypothesis() -> None:
+    """With several verified hypotheses per frame the threshold also picks which one gives the fix: the first in
+    verification order that reaches it (the locator stops there), so a higher threshold can skip a wrong hypothesis
+    and land on a right one further down."""
+    from benchmarks.acceptance import accepted_at, choose_min_inliers
+
+    inliers = [[30, 60], [50], [10, 8], []]  # query 3: retrieval found nothing to verify
+    correct = [[False, True], [True], [True, False], []]
+    assert accepted_at(inliers, correct, 4) == {"accepted": 3, "correct": 2, "precision": 2 / 3}
+    assert accepted_at(inliers, correct, 31) == {"accepted": 2, "correct": 2, "precision": 1.0}  # skips the 30
+    assert accepted_at(inliers, correct, 61) == {"accepted": 0, "correct": 0, "precision": 1.0}
+    assert choose_min_inliers(inliers, correct, 1.0) == {"min_inliers": 50, "accepted": 2, "correct": 2,
+                                                         "precision": 1.0}
+    # one hypothesis per query: the ragged form agrees with the 1-D form
+    flat = np.array([40, 20, 12]), np.array([True, False, True])
+    assert accepted_at(*flat, 15) == accepted_at([[40], [20], [12]], [[True], [False], [True]], 15)
+    with pytest.raises(ValueError, match="same number"):
+        accepted_at([[1, 2]], [[True]], 4)

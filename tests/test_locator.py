@@ -125,7 +125,9 @@ def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache:
     assert len(lines) == 2 and code == 1  # the broken frame is reported, the run goes on
     assert lines[1]["ok"] is False and "cannot decode" in lines[1]["reason"]
     first = lines[0]
-    assert set(first) >= {"image", "ok", "confidence", "inliers", "latency_ms"}
+    assert set(first) >= {"image", "ok", "confidence", "inliers", "latency_ms", "verified"}
+    assert 0 <= first["verified"] <= LocatorConfig().verify_candidates
+    assert first["verified"] >= 1 or "no map region matches" in first["reason"]
     assert first["latency_ms"]["total"] > 0 and "retrieval" in first["latency_ms"]
     if first["ok"]:
         assert len(first["footprint_px"]) == 4 and {"map_id", "lat", "lon", "heading_deg"} <= set(first)
@@ -254,3 +256,45 @@ def test_maps_of_nearly_equal_gsd_share_one_query_scale() -> None:
     assert [sorted(p.map_ids) for p in plans] == [["d"], ["a", "b", "c"]]
     assert plans[1].content_px == pytest.approx(1.6 * 1600 * 0.05 / 0.5, rel=0.01)
     assert plans[1].expected_px["c"] == pytest.approx(1600 * 0.05 / 0.499)
+
+
+def _fake_result(ok: bool, inliers: int, tag: str) -> LocateResult:
+    if ok:
+        return LocateResult(ok=True, map_id=tag, lat=1.0, lon=2.0, inliers=inliers,
+                            footprint_px=np.array([[0, 0], [9, 0], [9, 9], [0, 9]], float))
+    return LocateResult.failure(f"too few inliers ({inliers})", map_id=tag, inliers=inliers)
+
+
+@pytest.mark.parametrize(("outcomes", "chosen", "verified"), [
+    ([(False, 10), (True, 40), (False, 90)], "h1", 2),  # stops at the first accepted, even if a later one has more
+    ([(True, 25), (True, 90)], "h0", 1),  # a clear frame costs one fine stage
+    ([(False, 5), (False, 19), (False, 19)], "h1", 3),  # no fix: the failure with the most inliers, first on a tie
+])
+def test_verify_stops_at_the_first_accepted_hypothesis(outcomes: list[tuple[bool, int]], chosen: str,
+                                                       verified: int) -> None:
+    from edge_runtime.locator import Hypothesis, PreparedQuery, QueryPlan
+
+    fake = object.__new__(Locator)
+    calls: list[str] = []
+
+    def fine_stage(frame, prep, enc, cand, *args):  # stands in for the real fine stage
+        calls.append(cand["map_id"])
+        ok, inliers = outcomes[int(cand["map_id"][1:])]
+        return _fake_result(ok, inliers, cand["map_id"])
+
+    fake._fine_stage = fine_stage
+    prep = PreparedQuery(np.zeros((8, 8, 3), np.uint8), np.ones(1, bool), np.eye(3), 1.0)
+    plan = QueryPlan(8.0, {}, None)
+    hyps = [Hypothesis({"map_id": f"h{i}", "score": 1.0 - 0.1 * i}, prep, {}, plan, 90.0 * i)
+            for i in range(len(outcomes))]
+    result, records = fake.verify(np.zeros((8, 8, 3), np.uint8), hyps, Priors(), None, {}, 0.0, {})
+    assert result.map_id == chosen and result.ok == any(ok for ok, _ in outcomes)
+    assert calls == [f"h{i}" for i in range(verified)] and len(records) == verified
+    assert [r["inliers"] for r in records] == [n for _, n in outcomes[:verified]]
+    assert [r["rotation_deg"] for r in records] == [90.0 * i for i in range(verified)]
+    assert records[-1]["ok"] == result.ok and (records[-1]["footprint_px"] is not None) == result.ok
+
+
+def test_verify_candidates_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="verify_candidates"):
+        LocatorConfig(verify_candidates=0)

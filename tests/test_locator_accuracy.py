@@ -16,6 +16,7 @@ median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import pytest
 
 from benchmarks.harness.metrics import haversine_m
 from edge_runtime.locate_cli import frame_priors, read_frame
-from edge_runtime.locator import Locator, LocatorConfig
+from edge_runtime.locator import Locator, LocatorConfig, heading_difference
 from edge_runtime.types import LocateResult, Priors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -137,3 +138,29 @@ def test_each_map_gsd_gets_a_query_at_its_own_scale(locator: Locator) -> None:
     assert [(p.content_px, p.map_ids) for p in unscaled] == [
         (s * locator.query_size, None) for s in locator.config.content_scales]
 
+
+
+@pytest.mark.slow
+def test_a_fix_never_contradicts_the_yaw_prior(locator: Locator) -> None:
+    """With the EXIF gimbal yaw, and with that yaw off by 90 degrees (a wrong compass), every fix the locator gives
+    heads within ``max_heading_error_deg`` of the prior it was given (a fit that turns the frame further is refused)."""
+    limit = locator.config.max_heading_error_deg
+    for path in sorted((DEMO / "frames").glob("*.JPG")):
+        upright = read_frame(path)
+        priors, camera = frame_priors(path, upright.shape[:2], None, None, True, PHANTOM3_SENSOR_WIDTH_MM)
+        for offset in (0.0, 90.0):
+            given = dataclasses.replace(priors, yaw_deg=(priors.yaw_deg + offset) % 360.0)
+            locator.last_fix = None
+            result = locator.locate(upright, given, camera)
+            if result.ok:
+                assert heading_difference(result.heading_deg, given.yaw_deg) <= limit, (path.name, offset)
+            else:
+                assert result.reason
+
+
+def test_heading_difference_wraps_around_north() -> None:
+    assert heading_difference(350.0, 10.0) == pytest.approx(20.0)
+    assert heading_difference(10.0, 350.0) == pytest.approx(20.0)
+    assert heading_difference(0.0, 180.0) == pytest.approx(180.0)
+    assert heading_difference(-140.0, 220.0) == pytest.approx(0.0)
+    assert heading_difference(45.0, 41.9) == pytest.approx(3.1)

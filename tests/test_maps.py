@@ -40,13 +40,22 @@ def _listing(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def _window(bands: np.ndarray, x0: int, y0: int, size: int = TILE) -> np.ndarray:
+    """``bands (C, H, W)`` cut to the ``size`` x ``size`` window at ``(x0, y0)``, zero outside the array (origins may
+    be negative: a map narrower than a tile sits centred in it)."""
+    c, h, w = bands.shape
+    out = np.zeros((c, size, size), dtype=bands.dtype)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
+    if xb > xa and yb > ya:
+        out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = bands[:, ya:yb, xa:xb]
+    return out
+
+
 def _alpha_cells(path: Path, x0: int, y0: int) -> np.ndarray:
     """Expected cell validity of one tile straight from the alpha band (independent of the cache code)."""
     with rasterio.open(path) as ds:
         alpha = ds.read(4)
-    tile = np.zeros((TILE, TILE), dtype=bool)
-    sub = alpha[y0 : y0 + TILE, x0 : x0 + TILE] > 0
-    tile[: sub.shape[0], : sub.shape[1]] = sub
+    tile = _window(alpha[None], x0, y0)[0] > 0
     return tile.reshape(TILE // CELL, CELL, TILE // CELL, CELL).mean(axis=(1, 3)).ravel() >= 0.5
 
 
@@ -73,14 +82,19 @@ def test_tile_grid_covers_every_pixel_without_superfluous_tiles(width, height, t
         starts = np.unique(origins[:, axis])
         covered = np.zeros(extent, dtype=np.int32)
         for s in starts:
-            covered[s : s + tile] += 1
+            covered[max(s, 0) : max(s + tile, 0)] += 1
         assert covered.min() >= 1, "a pixel column/row is not covered"
-        assert starts.max() < extent, "a tile lies wholly outside the map"
+        assert starts.max() < extent and starts.min() + tile > 0, "a tile lies wholly outside the map"
         assert np.all(np.diff(starts) == tile - overlap_pixels(tile, overlap, CELL))
         assert np.all(starts % CELL == 0), "tiles must share the map-wide 64-px cell lattice"
+        before, after = -starts.min(), starts.max() + tile - extent
+        if extent < tile:  # centred to whole cells
+            assert before >= 0 and after >= 0 and abs(before - after) <= CELL
+        else:  # from pixel 0
+            assert before == 0
     # row-major: x fastest
     if grid.nx > 1:
-        assert origins[1, 0] == grid.stride and origins[1, 1] == 0
+        assert origins[1, 0] == origins[0, 0] + grid.stride and origins[1, 1] == origins[0, 1] == grid.y0
 
 
 def test_built_cache_grids_cover_each_map(built, map_paths):
@@ -94,7 +108,7 @@ def test_built_cache_grids_cover_each_map(built, map_paths):
             width, height = ds.width, ds.height
         cover = np.zeros((height, width), dtype=np.int32)
         for x0, y0 in entry.origins:
-            cover[y0 : y0 + TILE, x0 : x0 + TILE] += 1
+            cover[max(y0, 0) : max(y0 + TILE, 0), max(x0, 0) : max(x0 + TILE, 0)] += 1
         assert cover.min() >= 1
         np.testing.assert_array_equal(entry.origins, make_grid(width, height, TILE, 0.125, CELL).origins())
 
@@ -109,13 +123,17 @@ def test_cell_validity_follows_alpha_band_and_nodata(built, map_paths):
     assert not np.any(brighton.coarse[3]), "a tile without valid cells must not be encoded (zeros)"
     assert brighton.record["stats"]["tiles_encoded"] == 3
     assert cache.manifest["maps"][0]["stats"]["valid_cells"] == int(expected.sum())
-    # SJER: 400x400 in one 512 tile; nodata 255 in all bands -> invalid; cells over the padding are invalid
+    # SJER: 400x400 centred in one 512 tile to whole cells (origin (-64, -64): 64 px of padding before the plot, 48
+    # after); nodata 255 in all bands -> invalid; cells over the padding are invalid
+    sjer = cache.map(map_paths[1].stem)
+    np.testing.assert_array_equal(sjer.origins, [[-64, -64]])
     with rasterio.open(map_paths[1]) as ds:
         raw = ds.read()
     pix = np.zeros((TILE, TILE), dtype=bool)
-    pix[:400, :400] = ~np.all(raw == 255, axis=0)
-    np.testing.assert_array_equal(cache.map(map_paths[1].stem).cell_valid[0], cell_validity(pix, CELL, 0.5))
-    assert cache.map(map_paths[1].stem).cell_valid[0].reshape(8, 8)[:, 6:].sum() == 0  # 16 of 64 px columns: < 50 %
+    pix[64:464, 64:464] = ~np.all(raw == 255, axis=0)
+    np.testing.assert_array_equal(sjer.cell_valid[0], cell_validity(pix, CELL, 0.5))
+    cells = sjer.cell_valid[0].reshape(8, 8)
+    assert cells[:, 0].sum() == cells[:, 7].sum() == 0  # all padding; 16 of 64 px of the last column: < 50 %
 
 
 def test_cache_features_equal_a_direct_backend_run(built, map_paths, tiny_bundle):
@@ -130,10 +148,9 @@ def test_cache_features_equal_a_direct_backend_run(built, map_paths, tiny_bundle
         cells = _alpha_cells(map_paths[0], x0, y0)
         if not cells.any():
             continue
-        rgb = np.zeros((TILE, TILE, 3), dtype=np.uint8)
-        sub = bands[:, y0 : y0 + TILE, x0 : x0 + TILE]
+        sub = _window(bands, x0, y0)
         keep = sub[3] > 0
-        rgb[: sub.shape[1], : sub.shape[2]] = np.where(keep[..., None], sub[:3].transpose(1, 2, 0), 0)
+        rgb = np.where(keep[..., None], sub[:3].transpose(1, 2, 0), 0).astype(np.uint8)
         direct = backend.run({"image": image_tensor(rgb), "cell_valid": cells[None]})["coarse"][0]
         assert entry.coarse.dtype == np.float16
         # float16 storage: relative rounding 2**-11

@@ -139,3 +139,21 @@ def test_committed_training_configs_parse_and_name_only_known_data_options(path:
     known = set(inspect.signature(build_training_dataset).parameters)
     assert set(config.data) <= known, sorted(set(config.data) - known)
     assert config.steps > max(config.milestones, default=0) and config.lr > 0
+
+
+def test_a_resumed_run_may_change_only_the_schedule_ahead(tmp_path: Path) -> None:
+    """Between sittings: more or fewer steps and milestones not yet reached may change; the past may not."""
+    import dataclasses
+    import json
+
+    from topicgeo.train.trainer import TrainConfig, check_resumable
+
+    config = TrainConfig.from_yaml(Path(__file__).resolve().parent.parent / "configs" / "train_cpu_stage5.yaml")
+    stored = json.loads(json.dumps(config.to_dict()))
+    last = tmp_path / "last.pt"
+    later = dataclasses.replace(config, steps=32000, milestones=(29000, 31000))
+    check_resumable(stored, later, 23800, last)  # nothing passed yet: the schedule ahead is free
+    with pytest.raises(ValueError, match="milestones already passed"):
+        check_resumable(stored, later, 30500, last)  # 30000 was passed under the old schedule
+    with pytest.raises(ValueError, match="different training config"):
+        check_resumable(stored, dataclasses.replace(config, lr=1e-3), 23800, last)

@@ -152,6 +152,23 @@ def warm_start_model(path: Path, model: TopicGeo) -> TopicGeo:
     return model
 
 
+def check_resumable(stored: dict[str, Any], config: TrainConfig, step: int, path: Path) -> None:
+    """Refuse to resume ``path`` (written at ``step`` with train config ``stored``) under a different ``config``.
+
+    Free between sittings of one run: ``steps``, ``init_from`` and the milestones still ahead (the schedule that has
+    not run yet may be shortened or stretched; the learning rates already used may not change).
+    """
+    current = json.loads(json.dumps(config.to_dict()))
+    free = {"steps", "init_from", "milestones"}
+    if {k: v for k, v in stored.items() if k not in free} != {k: v for k, v in current.items() if k not in free}:
+        raise ValueError(f"{path} was written by a different training config; use a new out_dir or --no-resume")
+    past_old = [m for m in stored.get("milestones", []) if m < step]  # steps 0 .. step-1 ran under these
+    past_new = [m for m in current["milestones"] if m < step]
+    if past_old != past_new:
+        raise ValueError(f"{path} is at step {step}: milestones already passed ({past_old}) cannot change to "
+                         f"{past_new}; use a new out_dir or --no-resume")
+
+
 def train(config: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last checkpoint."""
     from topicgeo.train.datasets import build_training_dataset
@@ -173,10 +190,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     start, elapsed = 0, 0.0
     if resume and last.exists():
         payload = read_checkpoint(last)
-        free = {"steps", "init_from"}  # may change between sittings of one run
-        stored = {k: v for k, v in payload.get("train_config", {}).items() if k not in free}
-        if stored != {k: v for k, v in json.loads(json.dumps(config.to_dict())).items() if k not in free}:
-            raise ValueError(f"{last} was written by a different training config; use a new out_dir or --no-resume")
+        check_resumable(payload.get("train_config", {}), config, int(payload["step"]), last)
         model = load_model(last, expected_config=model.config, prompts=model.prompts.cpu()).to(device).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         optimiser.load_state_dict(payload["optimizer"])
