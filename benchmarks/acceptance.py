@@ -128,7 +128,8 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, verify_candidate
             correct = bool(usable and v["map_id"] == Path(q.map_id).stem and quad_contains(quad, centre))
             hypotheses.append({"map_id": v["map_id"], "rotation_deg": v["rotation_deg"],
                                "retrieval_score": round(float(v["score"]), 5),
-                               "inliers": int(v["inliers"]) if usable else 0, "correct": correct,
+                               "inliers": int(v["inliers"]) if usable else 0, "fine_matches": v["fine_matches"],
+                               "correct": correct,
                                "iou": float(quad_iou(quad, truth)) if correct else 0.0, "reason": v["reason"]})
         rows.append({"query": q.query_id, "true_map": Path(q.map_id).stem, "reason": result.reason,
                      "hypotheses": hypotheses})

@@ -514,8 +514,9 @@ class Locator:
 
         Returns:
             the first accepted result, else the failure with the most inliers (the first on a tie), and one record
-            per verified hypothesis (``map_id``, ``score``, ``rotation_deg``, ``ok``, ``inliers``, ``reason`` and
-            ``footprint_px``: the accepted or rejected geometry's frame corners in map px, None without one) for
+            per verified hypothesis (``map_id``, ``score``, ``rotation_deg``, ``ok``, ``inliers``, ``fine_matches``
+            (the fit's input), ``reason`` and ``footprint_px``: the accepted or rejected geometry's frame corners in
+            map px; the last two None without a fit) for
             diagnosis and for calibrating the acceptance rule (``benchmarks.acceptance``); never published.
         """
         roi_cache: dict[tuple[str, int, int], tuple[np.ndarray, dict]] = {}  # one encode per region of this frame
@@ -525,10 +526,11 @@ class Locator:
             expected = h.plan.expected_px.get(h.candidate["map_id"])
             res = self._fine_stage(frame, h.prepared, h.encoded, h.candidate, priors, camera, expected, lat, t0,
                                    common, roi_cache)
-            quad = res.footprint_px if res.ok else res.extra.get("rejected", {}).get("footprint_px")
+            source = res.extra if res.ok else res.extra.get("rejected", {})
+            quad = res.footprint_px if res.ok else source.get("footprint_px")
             verified.append({"map_id": h.candidate["map_id"], "score": h.score, "rotation_deg": h.rotation_deg,
-                             "ok": res.ok, "inliers": int(res.inliers or 0), "reason": res.reason,
-                             "footprint_px": None if quad is None else np.asarray(quad).tolist()})
+                             "ok": res.ok, "inliers": int(res.inliers or 0), "fine_matches": source.get("fine_matches"),
+                             "reason": res.reason, "footprint_px": None if quad is None else np.asarray(quad).tolist()})
             if res.ok:
                 return res, verified
             if chosen is None or (res.inliers or 0) > (chosen.inliers or 0):
@@ -598,13 +600,13 @@ class Locator:
             lat["total"] = _ms(t0)
             # kept for pictures and diagnosis only (edge-locate --viz): never published as a pose
             rejected = {"footprint_px": footprint(hom.H, frame.shape[1], frame.shape[0]), "geometry_model": model,
-                        "matches": (pts_f[hom.inliers], pts_r[hom.inliers])}
+                        "matches": (pts_f[hom.inliers], pts_r[hom.inliers]), "fine_matches": len(pts_f)}
             return LocateResult.failure(f"too few inliers ({hom.num_inliers} < {self.min_inliers})",
                                         inliers=hom.num_inliers, extra={"rejected": rejected}, **fail)
         t = time.perf_counter()
         result = self._pose(frame, hom.H, pts_f[hom.inliers], pts_r[hom.inliers], entry, top, priors, camera,
                             expected, common, lat)
-        result.extra["geometry_model"] = model
+        result.extra.update({"geometry_model": model, "fine_matches": len(pts_f)})
         _add_ms(lat, "pose", t)
         lat["total"] = _ms(t0)
         return result

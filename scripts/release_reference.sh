@@ -5,10 +5,10 @@
 # calibrate the vehicle's acceptance rule (min_inliers) on the same seed-1 dev queries through an exported bundle,
 # evaluate on the dev splits with the reports' seed-0 queries (evaluation.md protocol; with and without
 # the quarter-turn search of the vehicle) and write the model card with those numbers.
-#   bash scripts/release_reference.sh [RUN_DIR] [DATA_ROOT]     (defaults: runs/cpu_stage4 ../shared/data)
+#   bash scripts/release_reference.sh [RUN_DIR] [DATA_ROOT]     (defaults: runs/cpu_stage5 ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/cpu_stage4}
+RUN=${1:-runs/cpu_stage5}
 DATA=${2:-../shared/data}
 ASSETS=topicgeo/assets
 LEVEL2=128  # level-1 matches refined at level 2: on the SJER dev queries 128 kept the mIoU of 256 at 0.7x the fine time

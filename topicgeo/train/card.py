@@ -116,7 +116,9 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "their statistics from the valid cells only, so padding no longer shifts the features), "
         "stage 4 `configs/train_cpu_stage4.yaml` (warm start from the released stage 3 at step 10000; NAIP query "
         "sides widened to the protocol's 100 px, and a fifth of the pairs from the single-date urban, forest and "
-        "panchromatic maps of `topicgeo/splits/extra_train.txt`). "
+        "panchromatic maps of `topicgeo/splits/extra_train.txt`), "
+        "stage 5 `configs/train_cpu_stage5.yaml` (warm start from the released stage 4 at step 22800; the same "
+        "mixture, a fresh seed and a second learning-rate cycle). "
         "The vehicle de-rotates frames with its yaw prior or searches the four quarter turns.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
@@ -132,7 +134,8 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         + (f", chosen on {acceptance['queries']} queries of `{acceptance['split']}` (seed {acceptance['seed']}) by "
            f"`python -m benchmarks.acceptance` for a precision of at least {acceptance['target_precision']:.0%} "
            f"(there: precision {acceptance['chosen']['precision']:.0%}, {acceptance['chosen']['accepted']} fixes "
-           f"accepted, {acceptance['chosen']['correct']} of {acceptance['correct_total']} correct ones kept)"
+           f"accepted, {acceptance['chosen']['correct']} of {acceptance['correct_total']} correct ones kept; "
+           f"{acceptance.get('verify_candidates', 1)} retrieval hypothesis(es) verified per frame as on the vehicle)"
            if acceptance else "")
         + ".",
         f"- Prompt embeddings: {payload.get('topics', {}).get('encoder_id')} ({payload.get('topics', {}).get('dim')}-d,"
