@@ -13,8 +13,8 @@ centre. The chosen value goes into the released checkpoint
 
 Which plots: a network that has memorised its training plots places nearly every training query right with a handful
 of inliers, so calibrating there picks the loosest rule. The release therefore calibrates on the dev plots with
-queries of seed 1 (evaluation.md: tune on dev data only), disjoint draws from the seed-0 queries its dev reports use;
-seed 0 on a dev split is refused.
+queries of seeds 1, 2 and 3 pooled (evaluation.md: tune on dev data only), disjoint draws from the seed-0 queries its
+dev reports use; seed 0 on a dev split is refused.
 
     python -m benchmarks.acceptance --bundle B --data ../shared/data --out topicgeo/assets/acceptance.json
 """
@@ -142,24 +142,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, required=True, help="exported bundle of the checkpoint")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="holds sjer/")
     parser.add_argument("--split", type=Path, default=TRAIN_SPLIT,
-                        help="SJER plots to calibrate on (the release uses the dev split with --seed 1)")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="SJER plots to calibrate on (the release uses the dev split with --seed 1,2,3)")
+    parser.add_argument("--seed", default="0", help="protocol seed(s), comma-separated; their queries are pooled")
     parser.add_argument("--target-precision", type=float, default=0.9)
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
                         help="hypotheses the locator verifies per frame (the vehicle's setting)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if "dev" in args.split.name and args.seed == 0:
-        parser.error("seed 0 draws the dev reports' own queries: calibrate on a dev split with another --seed")
-    with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
-        rows = _outcomes(args.bundle, args.data, args.split, args.seed, args.verify_candidates, Path(work))
+    try:
+        seeds = [int(x) for x in args.seed.split(",")]
+    except ValueError:
+        parser.error(f"--seed must be comma-separated integers, got {args.seed!r}")
+    if "dev" in args.split.name and 0 in seeds:
+        parser.error("seed 0 draws the dev reports' own queries: calibrate on a dev split with other --seed values")
+    rows = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
+            rows += _outcomes(args.bundle, args.data, args.split, seed, args.verify_candidates, Path(work))
     inliers = [[h["inliers"] for h in r["hypotheses"]] for r in rows]
     correct = [[h["correct"] for h in r["hypotheses"]] for r in rows]
     chosen = choose_min_inliers(inliers, correct, args.target_precision)
     sweep = {str(t): accepted_at(inliers, correct, t) for t in (FLOOR, 8, 12, 16, 20, 25, 30, 40, 50, 60, 80)}
     report = {"split": str(args.split.relative_to(REPO) if args.split.is_relative_to(REPO) else args.split),
-              "seed": args.seed, "queries": len(rows), "target_precision": args.target_precision,
+              "seed": seeds, "queries": len(rows), "target_precision": args.target_precision,
               "verify_candidates": args.verify_candidates,
               "correct_total": sum(any(c) for c in correct), "chosen": chosen,
               "by_min_inliers": sweep,

@@ -79,11 +79,12 @@ class LocatorConfig:
         verify_candidates: retrieval hypotheses (one per map, scale and rotation of the frame) verified by the fine
             stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage (~100 ms
             on a 2-core CPU), a frame without a fix this many. Retrieval ranks the right place among its first few
-            hypotheses more often than first (SJER dev, seed-1 queries, stage-4 checkpoint: a right footprint in the
-            first hypothesis for 6 of 24 queries, in the first three for 11), but wrong places collect many inliers
-            too, so the acceptance rule calibrated for more hypotheses is stricter (min_inliers 48 instead of 21)
-            and kept only 6 right fixes instead of 5. One by default (the latency target); the acceptance rule must
-            be calibrated for the value used (``benchmarks.acceptance --verify-candidates``).
+            hypotheses more often than first (SJER dev, seed-1 queries, stage-4 checkpoint with coarse threshold
+            0.1: a right footprint in the first hypothesis for 6 of 24 queries, in the first three for 11), but
+            wrong places collect many inliers too, so the acceptance rule calibrated for three hypotheses was
+            stricter (min_inliers 48 instead of 21) and kept 6 right fixes instead of 5. One by default (the latency
+            target); the acceptance rule must be calibrated for the value used (``benchmarks.acceptance
+            --verify-candidates``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
         min_inliers: geometry inliers below which a frame is not located; None (default) takes the bundle's

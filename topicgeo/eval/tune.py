@@ -1,13 +1,15 @@
 """Choose the coarse confidence threshold of a checkpoint on queries apart from those it is reported on.
 
-``python -m topicgeo.eval.tune --checkpoint runs/cpu_stage4/last.pt --split topicgeo/splits/sjer_dev.txt --seed 1``
+``python -m topicgeo.eval.tune --checkpoint runs/cpu_stage5/last.pt --split topicgeo/splits/sjer_dev.txt --seed 1,2,3``
 
 The threshold ``theta_c`` (``MatchingConfig.threshold``, 0.2 in the paper) gates which MKNN pairs enter the
 geometric-consistency retrieval score and the fine stage. A small network trained briefly on a CPU gives sharp but
 low dual-softmax peaks (its coarse confidences rarely pass 0.2), so the paper's value leaves it no coarse matches at
 all. This script measures retrieval R@1 for a list of thresholds on queries drawn with the evaluation protocol from
 the given plots, and prints a JSON report with the best one (ties go to the larger threshold). The release tunes on the
-dev plots with seed-1 queries (evaluation.md: tune on dev data only; the dev reports draw seed 0): a network that has
+dev plots with the queries of seeds 1, 2 and 3 pooled (evaluation.md: tune on dev data only; the dev reports draw
+seed 0; one seed's 24 queries proved too few: stage 5 tuned on seed 1 alone picked 0.2, its R@1 there 54 % against
+38 % at 0.1, a single draw's luck): a network that has
 memorised its training plots is confident there, and training queries then favour thresholds too strict for unseen
 ground (stage 4: 0.2 on training plots, where the dev plots lose a third of their fixes). It is a test-time
 parameter: the weights do not change; ``python -m topicgeo.train.card --coarse-threshold`` stores the choice in the
@@ -101,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", default="0.2,0.1,0.05,0.02,0.01,0.005,0.002")
     parser.add_argument("--fine-thresholds", default="0.05,0.02,0.01,0.0",
                         help="in-window thresholds tried (by mean IoU) at the chosen coarse threshold")
-    parser.add_argument("--limit", type=int, default=24, help="queries used (the first N of the protocol draw)")
-    parser.add_argument("--seed", type=int, default=1, help="protocol seed (dev reports use seed 0)")
+    parser.add_argument("--limit", type=int, default=24, help="queries used per seed (the first N of each draw)")
+    parser.add_argument("--seed", default="1", help="protocol seed(s), comma-separated; their queries are pooled (dev "
+                                                   "reports use seed 0)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -113,14 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--thresholds must be numbers, got {args.thresholds!r}")
     suite, pairs = suite_from_split(args.split, args.data_root)
     protocol = NAIP_PROTOCOL if suite == "naip" else SJER_PROTOCOL
-    queries = evaluation_queries(pairs, protocol, seed=args.seed)[: args.limit]
+    try:
+        seeds = [int(x) for x in args.seed.split(",")]
+    except ValueError:
+        parser.error(f"--seed must be comma-separated integers, got {args.seed!r}")
+    queries = [q for seed in seeds for q in evaluation_queries(pairs, protocol, seed=seed)[: args.limit]]
     gallery = load_gallery([m for _, m in pairs])
     model = load_model(args.checkpoint)
     recall = retrieval_recall_by_threshold(model, queries, gallery, thresholds)
     best = max(thresholds, key=lambda t: (recall[t], t))
     full = miou_by_fine_threshold(with_threshold(model, best), queries, gallery, fine_thresholds)
     best_fine = max(fine_thresholds, key=lambda t: (full[t]["mIoU"], t))
-    report = {"checkpoint": str(args.checkpoint), "split": str(args.split), "seed": args.seed,
+    report = {"checkpoint": str(args.checkpoint), "split": str(args.split), "seed": seeds,
               "queries": len(queries), "gallery": len(gallery), "quarter_turns": [0, 1, 2, 3],
               "retrieval_R@1": {str(t): round(r, 4) for t, r in recall.items()}, "best_threshold": best,
               "full_by_fine_threshold": {str(t): v for t, v in full.items()}, "best_fine_threshold": best_fine}
