@@ -82,9 +82,13 @@ class LocatorConfig:
             hypotheses more often than first (SJER dev, seed-1 queries, stage-4 checkpoint with coarse threshold
             0.1: a right footprint in the first hypothesis for 6 of 24 queries, in the first three for 11), but
             wrong places collect many inliers too, so the acceptance rule calibrated for three hypotheses was
-            stricter (min_inliers 48 instead of 21) and kept 6 right fixes instead of 5. One by default (the latency
-            target); the acceptance rule must be calibrated for the value used (``benchmarks.acceptance
-            --verify-candidates``).
+            stricter (min_inliers 48 instead of 21) and kept 6 right fixes instead of 5. With the released thresholds
+            (coarse 0.05) and 72 pooled dev tuning queries at >= 90 % precision: 18 right fixes with one hypothesis
+            (rule 90 inliers), 25 with two (85), 28 with three (79); but two already cost the 500 ms latency target
+            on this 2-core CPU (17 km2 NAIP map without priors: 592 ms median against 391 ms, edge-bench
+            ``results/2026-12-05_cpu_stage4_verify2``). One by default; the acceptance rule must be calibrated for
+            the value used (``benchmarks.acceptance --verify-candidates``) and stored in the checkpoint
+            (``python -m topicgeo.train.card --min-inliers``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
         min_inliers: geometry inliers below which a frame is not located; None (default) takes the bundle's
