@@ -101,7 +101,7 @@ def choose_min_inliers(inliers: Sequence[Any], correct: Sequence[Any], target_pr
     return {"min_inliers": max(top, FLOOR), "accepted": 0, "correct": 0, "precision": 1.0}
 
 
-def _outcomes(bundle: Path, data: Path, split: Path, seed: int, verify_candidates: int,
+def _outcomes(bundle: Path, data: Path, split: Path, seeds: list[int], verify_candidates: int,
               work: Path) -> list[dict[str, Any]]:
     from maps.build import BuildConfig, build_cache
     from topicgeo.data.pairs import sjer_eval_pairs
@@ -109,7 +109,7 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, verify_candidate
 
     ids = [line.strip() for line in split.read_text().splitlines() if line.strip() and not line.startswith("#")]
     pairs = sjer_eval_pairs(data / "sjer", ids)
-    queries = evaluation_queries(pairs, SJER_PROTOCOL, seed)
+    queries = [q for seed in seeds for q in evaluation_queries(pairs, SJER_PROTOCOL, seed)]
     cache = work / "cache"
     build_cache(bundle, [m for _, m in pairs], cache, BuildConfig(progress=False))
     # A rule no geometry reaches: every hypothesis is verified and recorded; accepted_at replays the real rule.
@@ -138,28 +138,26 @@ def _outcomes(bundle: Path, data: Path, split: Path, seed: int, verify_candidate
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
+    from topicgeo.data.synthesis import seed_list
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, required=True, help="exported bundle of the checkpoint")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="holds sjer/")
     parser.add_argument("--split", type=Path, default=TRAIN_SPLIT,
                         help="SJER plots to calibrate on (the release uses the dev split with --seed 1,2,3)")
-    parser.add_argument("--seed", default="0", help="protocol seed(s), comma-separated; their queries are pooled")
+    parser.add_argument("--seed", type=seed_list, default=[0],
+                        help="protocol seed(s), comma-separated; their queries are pooled")
     parser.add_argument("--target-precision", type=float, default=0.9)
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
                         help="hypotheses the locator verifies per frame (the vehicle's setting)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        seeds = [int(x) for x in args.seed.split(",")]
-    except ValueError:
-        parser.error(f"--seed must be comma-separated integers, got {args.seed!r}")
+    seeds = args.seed
     if "dev" in args.split.name and 0 in seeds:
         parser.error("seed 0 draws the dev reports' own queries: calibrate on a dev split with other --seed values")
-    rows = []
-    for seed in seeds:
-        with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
-            rows += _outcomes(args.bundle, args.data, args.split, seed, args.verify_candidates, Path(work))
+    with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
+        rows = _outcomes(args.bundle, args.data, args.split, seeds, args.verify_candidates, Path(work))
     inliers = [[h["inliers"] for h in r["hypotheses"]] for r in rows]
     correct = [[h["correct"] for h in r["hypotheses"]] for r in rows]
     chosen = choose_min_inliers(inliers, correct, args.target_precision)

@@ -503,7 +503,7 @@ class Locator:
             return LocateResult.failure(f"no map region matches (retrieval confidence {score:.3f} < "
                                         f"{self.config.min_confidence})", confidence=score, latency_ms=lat, **common)
         to_verify = [h for h in hypotheses if h.score >= self.config.min_confidence][: self.config.verify_candidates]
-        result, verified = self.verify(frame, to_verify, priors, camera, lat, t0, common)
+        result, verified = self.verify(frame, to_verify, priors, camera, lat, common)
         if result.ok:
             self.last_fix = (result.map_id, np.asarray(result.extra["centre_px"]))
         elif self.last_fix is not None:
@@ -514,7 +514,7 @@ class Locator:
         return result
 
     def verify(self, frame: np.ndarray, hypotheses: list[Hypothesis], priors: Priors, camera: Any,
-               lat: dict[str, float], t0: float, common: dict) -> tuple[LocateResult, list[dict[str, Any]]]:
+               lat: dict[str, float], common: dict) -> tuple[LocateResult, list[dict[str, Any]]]:
         """Run the fine stage on ``hypotheses`` in order until one is accepted.
 
         Returns:
@@ -529,8 +529,8 @@ class Locator:
         verified = []
         for h in hypotheses:
             expected = h.plan.expected_px.get(h.candidate["map_id"])
-            res = self._fine_stage(frame, h.prepared, h.encoded, h.candidate, priors, camera, expected, lat, t0,
-                                   common, roi_cache)
+            res = self._fine_stage(frame, h.prepared, h.encoded, h.candidate, priors, camera, expected, lat, common,
+                                   roi_cache)
             source = res.extra if res.ok else res.extra.get("rejected", {})
             quad = res.footprint_px if res.ok else source.get("footprint_px")
             verified.append({"map_id": h.candidate["map_id"], "score": h.score, "rotation_deg": h.rotation_deg,
@@ -564,7 +564,7 @@ class Locator:
         return x0, y0
 
     def _fine_stage(self, frame: np.ndarray, prep: PreparedQuery, enc_q: dict, top: dict, priors: Priors,
-                    camera: Any, expected: float | None, lat: dict[str, float], t0: float,
+                    camera: Any, expected: float | None, lat: dict[str, float],
                     common: dict, roi_cache: dict[tuple[str, int, int], tuple[np.ndarray, dict]]) -> LocateResult:
         map_id = top["map_id"]
         entry = self.cache.map(map_id)
@@ -585,7 +585,6 @@ class Locator:
         _add_ms(lat, "coarse_match", t)
         fail = {"map_id": map_id, "confidence": top["score"], "latency_ms": lat, **common}
         if not valid.any():
-            lat["total"] = _ms(t0)
             return LocateResult.failure("no coarse match on the retrieved region", **fail)
         t = time.perf_counter()
         out = self._fine(enc_q, enc_r, iq, ir, valid)
@@ -599,10 +598,8 @@ class Locator:
         hom, model = fit_geometry(pts_f, pts_r, (frame.shape[1], frame.shape[0]), self.config)
         _add_ms(lat, "homography", t)
         if not hom.ok:
-            lat["total"] = _ms(t0)
             return LocateResult.failure(f"no homography: {hom.reason}", inliers=0, **fail)
         if hom.num_inliers < self.min_inliers:
-            lat["total"] = _ms(t0)
             # kept for pictures and diagnosis only (edge-locate --viz): never published as a pose
             rejected = {"footprint_px": footprint(hom.H, frame.shape[1], frame.shape[0]), "geometry_model": model,
                         "matches": (pts_f[hom.inliers], pts_r[hom.inliers]), "fine_matches": len(pts_f)}
@@ -613,7 +610,6 @@ class Locator:
                             expected, common, lat)
         result.extra.update({"geometry_model": model, "fine_matches": len(pts_f)})
         _add_ms(lat, "pose", t)
-        lat["total"] = _ms(t0)
         return result
 
     def _pose(self, frame: np.ndarray, H: np.ndarray, in_f: np.ndarray, in_r: np.ndarray, entry: Any,

@@ -244,3 +244,13 @@ def _ids(paths):
     import zlib
 
     return [zlib.crc32(p.stem.encode()) for p in paths]
+
+
+def test_seed_list_parses_pooled_protocol_seeds() -> None:
+    import argparse
+
+    from topicgeo.data.synthesis import seed_list
+
+    assert seed_list("1,2,3") == [1, 2, 3] and seed_list("0") == [0]
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated integers"):
+        seed_list("1,x")

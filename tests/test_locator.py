@@ -287,7 +287,7 @@ def test_verify_stops_at_the_first_accepted_hypothesis(outcomes: list[tuple[bool
     plan = QueryPlan(8.0, {}, None)
     hyps = [Hypothesis({"map_id": f"h{i}", "score": 1.0 - 0.1 * i}, prep, {}, plan, 90.0 * i)
             for i in range(len(outcomes))]
-    result, records = fake.verify(np.zeros((8, 8, 3), np.uint8), hyps, Priors(), None, {}, 0.0, {})
+    result, records = fake.verify(np.zeros((8, 8, 3), np.uint8), hyps, Priors(), None, {}, {})
     assert result.map_id == chosen and result.ok == any(ok for ok, _ in outcomes)
     assert calls == [f"h{i}" for i in range(verified)] and len(records) == verified
     assert [r["inliers"] for r in records] == [n for _, n in outcomes[:verified]]

@@ -12,6 +12,7 @@ float32-rounded quadrilateral that OpenCV sees, and ``quad_in_map`` stores exact
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -485,6 +486,15 @@ class EvalQuery:
 
 def _stable_id(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
+
+
+def seed_list(text: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]``: protocol seeds whose queries a tuning run pools (an ``argparse`` type)."""
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    return seeds
 
 
 def evaluation_queries(

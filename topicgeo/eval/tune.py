@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from topicgeo.checkpoint import load_model
-from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries
+from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries, seed_list
 from topicgeo.eval.cli import DEFAULT_DATA, emit_report, load_gallery, suite_from_split
 from topicgeo.eval.evaluate import (
     EvalConfig,
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-thresholds", default="0.05,0.02,0.01,0.0",
                         help="in-window thresholds tried (by mean IoU) at the chosen coarse threshold")
     parser.add_argument("--limit", type=int, default=24, help="queries used per seed (the first N of each draw)")
-    parser.add_argument("--seed", default="1", help="protocol seed(s), comma-separated; their queries are pooled (dev "
-                                                   "reports use seed 0)")
+    parser.add_argument("--seed", type=seed_list, default=[1],
+                        help="protocol seed(s), comma-separated; their queries are pooled (dev reports use seed 0)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--thresholds must be numbers, got {args.thresholds!r}")
     suite, pairs = suite_from_split(args.split, args.data_root)
     protocol = NAIP_PROTOCOL if suite == "naip" else SJER_PROTOCOL
-    try:
-        seeds = [int(x) for x in args.seed.split(",")]
-    except ValueError:
-        parser.error(f"--seed must be comma-separated integers, got {args.seed!r}")
+    seeds = args.seed
     queries = [q for seed in seeds for q in evaluation_queries(pairs, protocol, seed=seed)[: args.limit]]
     gallery = load_gallery([m for _, m in pairs])
     model = load_model(args.checkpoint)
