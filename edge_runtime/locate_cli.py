@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
                         help="retrieval hypotheses the fine stage may verify per frame (best first, until one is "
                              "accepted; default %(default)s)")
+    parser.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="verify each hypothesis in one pass (no re-rendered second pass; for diagnosis: the "
+                             "bundle's acceptance rule is calibrated with the refinement)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--viz", type=Path, help="write a picture per frame into this folder")
     parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
@@ -159,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         camera = read_camera_info(args.calibration)
     try:
         config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
-                               verify_candidates=args.verify_candidates, verify=not args.no_verify)
+                               verify_candidates=args.verify_candidates, refine=args.refine,
+                               verify=not args.no_verify)
     except ValueError as exc:
         parser.error(str(exc))
     t0 = time.perf_counter()

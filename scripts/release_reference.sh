@@ -2,7 +2,8 @@
 # Release a training run as the committed reference checkpoint (topicgeo/assets): choose the coarse and in-window
 # thresholds on the dev plots with the queries of seeds 1-3 (evaluation.md: tune on dev data only; the training plots are
 # memorised by now, so they favour rules too strict or too loose for unseen ground), write the fp16 checkpoint,
-# calibrate the vehicle's acceptance rule (min_inliers) on the same dev queries through an exported bundle,
+# calibrate the vehicle's acceptance rule (min_inliers for the locator's refinement pass, min_first_pass_inliers for its
+# first fit) on dev queries of the same seeds (SJER plots and the NAIP dev pair) through an exported bundle,
 # evaluate on the dev splits with the reports' seed-0 queries (evaluation.md protocol; with and without
 # the quarter-turn search of the vehicle) and write the model card with those numbers.
 #   bash scripts/release_reference.sh [RUN_DIR] [DATA_ROOT]     (defaults: runs/cpu_stage4 ../shared/data)
@@ -26,11 +27,15 @@ trap 'rm -rf "$WORK"' EXIT
 python -m export.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --precision fp32 --query-size 512 --tile-size 512 \
   --out "$WORK/bundle" --no-engines > /dev/null
 python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --split "$TUNE_SPLIT" --seed "$TUNE_SEED" \
-  --out "$ASSETS/acceptance.json"
+  --suites sjer,naip --out "$ASSETS/acceptance.json"
 MIN_INLIERS=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_inliers'])")
+FIRST=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_first_pass_inliers'] or '')")
+FIRST_ARG=()
+if [ -n "$FIRST" ]; then FIRST_ARG=(--min-first-pass-inliers "$FIRST"); fi
 python -m topicgeo.train.card --run "$RUN" --out "$ASSETS" --coarse-threshold "$THRESHOLD" --fine-threshold "$FINE" \
   --max-level2-windows "$LEVEL2" \
-  --tuning "$ASSETS/tune_threshold.json" --min-inliers "$MIN_INLIERS" --acceptance "$ASSETS/acceptance.json"
+  --tuning "$ASSETS/tune_threshold.json" --min-inliers "$MIN_INLIERS" "${FIRST_ARG[@]}" \
+  --acceptance "$ASSETS/acceptance.json"
 python -m topicgeo.eval.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --split topicgeo/splits/sjer_dev.txt \
   --data-root "$DATA" --out "$ASSETS/eval_sjer.json" > /dev/null
 python -m topicgeo.eval.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --split topicgeo/splits/sjer_dev.txt \
@@ -41,5 +46,5 @@ python -m topicgeo.eval.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --split topic
   --data-root "$DATA" --quarter-turns 0,1,2,3 --no-sift --out "$ASSETS/eval_naip_turns.json" > /dev/null
 python -m topicgeo.train.card --run "$RUN" --out "$ASSETS" --coarse-threshold "$THRESHOLD" --fine-threshold "$FINE" \
   --max-level2-windows "$LEVEL2" \
-  --tuning "$ASSETS/tune_threshold.json" --min-inliers "$MIN_INLIERS" --acceptance "$ASSETS/acceptance.json" \
-  --eval "$ASSETS"/eval_sjer.json "$ASSETS"/eval_sjer_turns.json "$ASSETS"/eval_naip.json "$ASSETS"/eval_naip_turns.json
+  --tuning "$ASSETS/tune_threshold.json" --min-inliers "$MIN_INLIERS" "${FIRST_ARG[@]}" \
+  --acceptance "$ASSETS/acceptance.json" --eval "$ASSETS"/eval_sjer.json "$ASSETS"/eval_sjer_turns.json "$ASSETS"/eval_naip.json "$ASSETS"/eval_naip_turns.json

@@ -312,6 +312,33 @@ def test_acceptance_rule_is_the_smallest_inlier_threshold_reaching_the_precision
         choose_min_inliers(inliers, correct, 0.0)
 
 
+def test_acceptance_rules_pair_a_refined_rule_with_a_first_pass_second_chance() -> None:
+    """Two fits per hypothesis: the refined one is accepted at ``min_inliers``, else the first at
+    ``min_first_pass_inliers``; the chosen pair keeps the most right fixes at the precision."""
+    from benchmarks.acceptance import accepted_at, choose_rules
+
+    refined = [[70], [30], [20], [66], [10]]
+    refined_ok = [[True], [False], [False], [False], [False]]
+    first = [[40], [150], [200], [30], [90]]
+    first_ok = [[True], [True], [True], [False], [False]]
+    # refined rule only: 70 (right) and 66 (wrong) at 60
+    assert accepted_at(refined, refined_ok, 60) == {"accepted": 2, "correct": 1, "precision": 0.5}
+    # with the second chance at 100: queries 2 and 3 join on their first fits (right); the 90 stays out
+    assert accepted_at(refined, refined_ok, 67, first, first_ok, 100) == {"accepted": 3, "correct": 3,
+                                                                        "precision": 1.0}
+    # a first fit is judged by its own correctness: query 1's first fit would be right, its refined fit not
+    assert accepted_at([[70]], [[False]], 60, [[200]], [[True]], 100) == {"accepted": 1, "correct": 0,
+                                                                        "precision": 0.0}
+    chosen = choose_rules(refined, refined_ok, first, first_ok, 1.0)
+    assert (chosen["correct"], chosen["accepted"]) == (3, 3)
+    # the refined rule: the smallest count above the wrong 66; the first-pass rule: the strictest that keeps 3
+    assert chosen["min_inliers"] == 70 and chosen["min_first_pass_inliers"] == 150
+    # when the first fits add nothing right, no second chance is kept
+    assert choose_rules(refined, refined_ok, first, [[False]] * 5, 1.0)["min_first_pass_inliers"] is None
+    with pytest.raises(ValueError, match="first_inliers"):
+        accepted_at(refined, refined_ok, 60, first[:2], first_ok[:2], 100)
+
+
 def test_acceptance_replays_the_locators_stop_at_first_accepted_hypothesis() -> None:
     """With several verified hypotheses per frame the threshold also picks which one gives the fix: the first in
     verification order that reaches it (the locator stops there), so a higher threshold can skip a wrong hypothesis

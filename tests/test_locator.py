@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from edge_runtime.locate_cli import FrameError, main, read_frame
-from edge_runtime.locator import Locator, LocatorConfig, LocatorError, prepare_query, unique_map_cells
+from edge_runtime.locator import (
+    Locator,
+    LocatorConfig,
+    LocatorError,
+    prepare_query,
+    refinement_canvas,
+    unique_map_cells,
+)
+from edge_runtime.numerics.coarse import alignment_gate
 from edge_runtime.numerics.geometry import project_points
 from edge_runtime.types import LocateResult, Priors
 from topicgeo.data.raster import GeoRaster
@@ -79,6 +87,85 @@ def test_prepare_query_rotates_the_frame_clockwise_about_its_centre(plot_rgb: np
     deep_inside = np.all((in_frame > 40 / scale) & (in_frame < np.array([w, h]) - 40 / scale), axis=1)
     far_outside = np.any((in_frame < -40 / scale) | (in_frame > np.array([w, h]) + 40 / scale), axis=1)
     assert prep.cell_valid[deep_inside].all() and not prep.cell_valid[far_outside].any()
+
+
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    t = np.radians(angle_deg)
+    return np.array([[scale * np.cos(t), -scale * np.sin(t), shift[0]],
+                     [scale * np.sin(t), scale * np.cos(t), shift[1]], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize(("angle", "zoom", "tilt"), [(0.0, 1.0, 0.0), (63.0, 2.5, 0.0), (200.0, 0.7, 4e-4)])
+def test_refinement_canvas_shows_the_tile_grid_north_up_around_the_footprint(
+        plot_rgb: np.ndarray, angle: float, zoom: float, tilt: float) -> None:
+    # The real 2018 plot on a 512 tile (as the cache centres a small map); a "frame" is that tile seen turned,
+    # zoomed and in perspective. Given the exact frame -> tile homography, the refinement canvas must show the
+    # tile's own pixels at canvas_to_tile of every valid canvas pixel.
+    tile = np.zeros((512, 512, 3), np.uint8)
+    tile[56:456, 56:456] = plot_rgb
+    tile_to_frame = _similarity(angle, zoom, (0.0, 0.0))
+    tile_to_frame[2, :2] = [tilt, 0.0]
+    tile_to_frame = tile_to_frame @ np.array([[1, 0, -256.0], [0, 1, -256.0], [0, 0, 1]])  # about the tile centre
+    corners = project_points(tile_to_frame, np.array([[120.0, 120.0], [392.0, 120.0], [392.0, 392.0], [120.0, 392.0]]))
+    shift = -corners.min(axis=0)
+    tile_to_frame = np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]]) @ tile_to_frame
+    w, h = np.ceil(corners.max(axis=0) - corners.min(axis=0)).astype(int)
+    frame = cv2.warpPerspective(tile, tile_to_frame, (int(w), int(h)), flags=cv2.INTER_LINEAR)
+    rc = refinement_canvas(frame, np.linalg.inv(tile_to_frame), 512, 512, 64, 2.0)
+    assert rc is not None
+    s = 1.0 / rc.canvas_to_tile[0, 0]
+    assert 1.0 <= s <= 2.0 and rc.canvas_to_tile[0, 1] == rc.canvas_to_tile[1, 0] == 0.0  # north-up, zoom only
+    # the frame's footprint, clipped to the tile, fills ~90 % of the canvas where the zoom allows it
+    quad = np.clip(project_points(np.linalg.inv(tile_to_frame), np.array([[-0.5, -0.5], [w - 0.5, -0.5],
+                                                                           [w - 0.5, h - 0.5], [-0.5, h - 0.5]])),
+                   0, 512)
+    assert s == pytest.approx(np.clip(0.9 * 512 / np.max(np.ptp(quad, axis=0)), 1.0, 2.0), rel=0.02)
+    rng = np.random.default_rng(2)
+    c = rng.uniform(0, 511, (4000, 2))
+    ys, xs = np.round(c[:, 1]).astype(int), np.round(c[:, 0]).astype(int)
+    t = project_points(rc.canvas_to_tile, c)
+    inside = np.all((t > 130) & (t < 382), axis=1) & (rc.canvas.reshape(-1, 3)[ys * 512 + xs].sum(axis=1) > 0)
+    assert inside.sum() > 500
+    blurred = cv2.GaussianBlur(tile, (0, 0), 1.5)
+    canvas_blurred = cv2.GaussianBlur(rc.canvas, (0, 0), 1.5 * s)
+    truth = cv2.remap(blurred, t[inside, None, 0].astype(np.float32), t[inside, None, 1].astype(np.float32),
+                      cv2.INTER_LINEAR)[:, 0].astype(float)
+    seen = canvas_blurred[ys[inside], xs[inside]].astype(float)
+    assert np.mean(np.abs(seen - truth)) < 12
+    shuffled = truth[rng.permutation(len(truth))]
+    assert np.mean(np.abs(seen - shuffled)) > 2 * np.mean(np.abs(seen - truth))  # the check can fail
+    # cells under the footprint are valid, cells far outside are not
+    centres = np.array([[64 * u + 31.5, 64 * v + 31.5] for v in range(8) for u in range(8)])
+    in_tile = project_points(rc.canvas_to_tile, centres)
+    assert rc.cell_valid[np.all((in_tile > 170) & (in_tile < 342), axis=1)].all()
+    assert not rc.cell_valid[np.any((in_tile < 60) | (in_tile > 452), axis=1)].any()
+
+
+def test_refinement_canvas_is_none_when_the_first_fit_misses_the_tile(plot_rgb: np.ndarray) -> None:
+    frame = np.ascontiguousarray(plot_rgb[:300, :300])
+    far_away = np.array([[1.0, 0, 900.0], [0, 1.0, 40.0], [0, 0, 1]])
+    assert refinement_canvas(frame, far_away, 512, 512, 64, 2.0) is None
+    grazing = np.array([[1.0, 0, 512.0 - 30.0], [0, 1.0, 40.0], [0, 0, 1]])  # 30 px of overlap: under a cell
+    assert refinement_canvas(frame, grazing, 512, 512, 64, 2.0) is None
+
+
+def test_alignment_gate_allows_the_cells_around_the_predicted_position() -> None:
+    uv = np.array([[u, v] for v in range(8) for u in range(8)])
+    cheb = np.max(np.abs(uv[:, None] - uv[None]), axis=2)
+    assert np.array_equal(alignment_gate(np.eye(3), (8, 8), (8, 8), 64, 1), cheb <= 1)
+    assert np.array_equal(alignment_gate(np.eye(3), (8, 8), (8, 8), 64, 0), np.eye(64, dtype=bool))
+    # zoom 2 about the origin: query cell (u, v) lands in reference cell (u // 2, v // 2)
+    half = np.diag([0.5, 0.5, 1.0])
+    gate = alignment_gate(half, (8, 8), (8, 8), 64, 0)
+    assert all(gate[i].sum() == 1 and tuple(uv[gate[i].argmax()]) == (uv[i][0] // 2, uv[i][1] // 2)
+               for i in range(64))
+    # a shift by 200 px: query columns 5-7 fall off the reference grid and allow nothing
+    shifted = np.array([[1.0, 0, 200.0], [0, 1.0, 0], [0, 0, 1]])
+    gate = alignment_gate(shifted, (8, 8), (8, 8), 64, 1)
+    off = uv[:, 0] >= 5
+    assert not gate[off].any() and gate[~off].sum(axis=1).min() >= 4
+    with pytest.raises(ValueError, match="homography"):
+        alignment_gate(np.full((3, 3), np.nan), (8, 8), (8, 8), 64, 1)
 
 
 def test_locate_result_never_carries_a_pose_without_a_fix() -> None:
@@ -298,3 +385,48 @@ def test_verify_stops_at_the_first_accepted_hypothesis(outcomes: list[tuple[bool
 def test_verify_candidates_must_be_positive() -> None:
     with pytest.raises(ValueError, match="verify_candidates"):
         LocatorConfig(verify_candidates=0)
+
+
+def _fit(inliers: int | None) -> tuple:
+    """A stand-in fit with ``inliers`` inliers (None: no geometry), as ``Locator._match_and_fit`` returns it."""
+    from edge_runtime.numerics.geometry import HomographyResult
+
+    if inliers is None:
+        return np.zeros((0, 2)), np.zeros((0, 2)), HomographyResult(None, np.zeros(0, bool), "too few"), "homography"
+    mask = np.zeros(300, bool)
+    mask[:inliers] = True
+    return np.zeros((300, 2)), np.zeros((300, 2)), HomographyResult(np.eye(3), mask, None), "similarity"
+
+
+@pytest.mark.parametrize(("first", "refined", "accepted", "reason"), [
+    (50, 70, "refined", ""),                              # the refined fit meets its rule
+    (130, 40, "first", ""),                               # a strong first fit is the second chance
+    (130, "refinement: no coarse match", "first", ""),    # ... also when the refinement found nothing
+    (100, 40, None, "too few inliers (40 < 64; first pass 100 < 120)"),
+    (100, "refinement: the first fit's footprint misses the region of interest", None,
+     "refinement: the first fit's footprint misses the region of interest; first pass 100 < 120"),
+    (100, None, None, "refinement: no homography: too few; first pass 100 < 120"),
+])
+def test_acceptance_takes_the_refined_fit_else_a_strong_first_fit(first, refined, accepted, reason) -> None:
+    fake = object.__new__(Locator)
+    fake.min_inliers, fake.min_first_pass_inliers = 64, 120
+    f = _fit(first)
+    r = refined if isinstance(refined, str) else _fit(refined)
+    fit, why = fake._accept(f, r)
+    assert why == reason
+    assert fit is {"refined": r, "first": f, None: None}[accepted]
+
+
+def test_without_refinement_the_one_fit_meets_the_first_pass_rule(tiny_bundle: Path, sjer_cache: Path) -> None:
+    bundle_rule = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(refine=False, min_inliers=30))
+    assert bundle_rule.min_first_pass_inliers == 30  # the bundle has no first-pass rule: min_inliers judges the fit
+    f = _fit(40)
+    assert bundle_rule._accept(f, f) == (f, "")
+    strict = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(refine=False, min_inliers=30,
+                                                                 min_first_pass_inliers=50))
+    assert strict._accept(f, f) == (None, "too few inliers (40 < 50)")
+    refining = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(min_inliers=30))
+    assert refining.min_first_pass_inliers is None  # refining without a calibrated second chance: none
+    assert refining._accept(f, _fit(20))[0] is None
+    with pytest.raises(ValueError, match="min_first_pass_inliers"):
+        LocatorConfig(min_first_pass_inliers=3)

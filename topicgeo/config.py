@@ -116,9 +116,11 @@ class MatchingConfig:
         fine_temperature: dual-softmax temperature inside 4x4 windows.
         fine_threshold: confidence threshold inside windows.
         max_level2_windows: number of level-1 matches refined at level 2 (top by confidence); fixed output size.
-        min_inliers: fewest geometry inliers for the vehicle to accept a fix (the locator's acceptance rule); chosen
-            per checkpoint on training queries by ``python -m benchmarks.acceptance`` (more inliers, fewer wrong
-            fixes).
+        min_inliers: fewest geometry inliers for the vehicle to accept a fix (the locator's acceptance rule, applied
+            to its refinement pass's fit); chosen per checkpoint on dev tuning queries by
+            ``python -m benchmarks.acceptance`` (more inliers, fewer wrong fixes).
+        min_first_pass_inliers: fewest inliers of the locator's first fit to accept it when its refinement falls
+            short of ``min_inliers`` (None: never); calibrated together with ``min_inliers``.
     """
 
     temperature: float = 0.1
@@ -130,10 +132,12 @@ class MatchingConfig:
     fine_threshold: float = 0.05
     max_level2_windows: int = 512
     min_inliers: int = 12
+    min_first_pass_inliers: int | None = None
 
     def __post_init__(self) -> None:
-        if self.min_inliers < 4:
-            raise ValueError(f"min_inliers must be >= 4 (a homography needs 4 matches), got {self.min_inliers}")
+        if self.min_inliers < 4 or (self.min_first_pass_inliers is not None and self.min_first_pass_inliers < 4):
+            raise ValueError(f"min_inliers and min_first_pass_inliers must be >= 4 (a homography needs 4 matches), "
+                             f"got {self.min_inliers}, {self.min_first_pass_inliers}")
         if not (self.temperature > 0 and self.fine_temperature > 0):
             raise ValueError("temperatures must be positive")
         if not (0.0 <= self.threshold < 1.0 and 0.0 <= self.fine_threshold < 1.0):

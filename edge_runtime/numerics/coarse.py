@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.numerics.grid import cell_centers, cell_index_to_uv, point_to_cell
 from edge_runtime.numerics.matching import dual_softmax, mknn_mask, topk_fixed
 
 
@@ -66,13 +67,49 @@ def coarse_matches(
     config: CoarseMatchConfig,
     valid_q: np.ndarray | None = None,
     valid_r: np.ndarray | None = None,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-size coarse matches.
+
+    ``allowed`` (optional ``(Nq, Nr)`` bool) restricts the pairs after the dual softmax, before MKNN: with a known
+    approximate alignment (the locator's refinement pass, :func:`alignment_gate`) a query cell may only match reference
+    cells near its predicted position. The confidences keep their whole-grid normalisation, so the threshold means
+    what it means without the gate.
 
     Returns:
         ``idx_q (M,)``, ``idx_r (M,)`` int64, ``score (M,)`` float32, ``valid (M,)`` bool and the confidence matrix.
     """
     conf = coarse_confidence(coarse_q, coarse_r, config.temperature, valid_q, valid_r)
+    if allowed is not None:
+        allowed = np.asarray(allowed, bool)
+        if allowed.shape != conf.shape:
+            raise ValueError(f"allowed must be {conf.shape}, got {allowed.shape}")
+        conf = conf * allowed
     mask = mknn_mask(conf, grid_q, grid_r, config.k, config.threshold, config.border, valid_q, valid_r)
     iq, ir, score, valid = topk_fixed(mask, conf, config.max_matches)
     return iq, ir, score, valid, conf
+
+
+def alignment_gate(query_to_ref: np.ndarray, grid_q: tuple[int, int], grid_r: tuple[int, int], stride: int,
+                   radius: int) -> np.ndarray:
+    """``(Nq, Nr)`` bool: reference cells within ``radius`` cells (Chebyshev) of where the homography
+    ``query_to_ref (3, 3)`` (query px -> reference px) puts each query cell's centre; query cells that land off the
+    reference grid allow nothing.
+    """
+    if radius < 0 or stride < 1:
+        raise ValueError(f"radius must be >= 0 and stride >= 1, got {radius}, {stride}")
+    H = np.asarray(query_to_ref, np.float64)
+    if H.shape != (3, 3) or not np.all(np.isfinite(H)):
+        raise ValueError("query_to_ref must be a finite (3, 3) homography")
+    hq, wq = grid_q
+    hr, wr = grid_r
+    centres = cell_centers(hq, wq, stride)
+    p = np.c_[centres, np.ones(len(centres))] @ H.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pred = p[:, :2] / p[:, 2:3]
+    on_grid = (p[:, 2] > 0) & np.all(np.isfinite(pred), axis=1)
+    pred_uv = point_to_cell(np.where(on_grid[:, None], pred, -1e9), stride)
+    on_grid &= (pred_uv[:, 0] >= 0) & (pred_uv[:, 0] < wr) & (pred_uv[:, 1] >= 0) & (pred_uv[:, 1] < hr)
+    uv_r = cell_index_to_uv(np.arange(hr * wr), wr)
+    near = np.max(np.abs(uv_r[None, :, :] - pred_uv[:, None, :]), axis=2) <= radius
+    return near & on_grid[:, None]

@@ -53,19 +53,21 @@ def plot_losses(log: dict[str, list[float]], out: Path) -> None:
 
 def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | None = None,
             tuning: Path | None = None, fine_threshold: float | None = None, min_inliers: int | None = None,
-            acceptance: Path | None = None, max_level2_windows: int | None = None) -> Path:
+            acceptance: Path | None = None, max_level2_windows: int | None = None,
+            min_first_pass_inliers: int | None = None) -> Path:
     """Write ``topicgeo_cpu.pt`` (fp16), ``loss_curve.png`` and ``MODEL_CARD.md`` into ``out``.
 
     ``coarse_threshold`` replaces the matching config's ``threshold`` (chosen on held-apart queries by
     :mod:`topicgeo.eval.tune`, whose JSON report ``tuning`` the card quotes); ``min_inliers`` the vehicle's acceptance
-    rule (chosen on held-apart queries by ``python -m benchmarks.acceptance``, report ``acceptance``);
+    rule (chosen on held-apart queries by ``python -m benchmarks.acceptance``, report ``acceptance``) and
+    ``min_first_pass_inliers`` its second chance for a first fit;
     ``max_level2_windows`` the number of level-1 matches refined at level 2 (the fine matcher's main cost).
     """
     last = run / "last.pt"
     payload = read_checkpoint(last)
     model = load_model(last)
     chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold, "min_inliers": min_inliers,
-              "max_level2_windows": max_level2_windows}
+              "max_level2_windows": max_level2_windows, "min_first_pass_inliers": min_first_pass_inliers}
     model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
@@ -78,8 +80,19 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
     (out / "MODEL_CARD.md").write_text(card_text(payload, log, reports, model.config.matching.threshold, tune,
                                                        model.config.matching.fine_threshold, accept,
                                                        model.config.matching.min_inliers,
-                                                       model.config.matching.max_level2_windows))
+                                                       model.config.matching.max_level2_windows,
+                                                       model.config.matching.min_first_pass_inliers))
     return out / "topicgeo_cpu.pt"
+
+
+def _acceptance_sources(acceptance: dict[str, Any]) -> str:
+    """Where an acceptance report's queries came from (older reports: SJER ``split`` only)."""
+    parts = []
+    if acceptance.get("split"):
+        parts.append(f"`{acceptance['split']}`")
+    if acceptance.get("naip_split"):
+        parts.append(f"the NAIP dev pair of `{acceptance['naip_split']}`")
+    return " and ".join(parts) or "unknown"
 
 
 def _fmt(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
@@ -91,7 +104,7 @@ def _fmt(summary: dict[str, Any] | None, keys: tuple[str, ...]) -> str:
 def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: list[dict[str, Any]],
               coarse_threshold: float = 0.2, tuning: dict[str, Any] | None = None,
               fine_threshold: float = 0.05, acceptance: dict[str, Any] | None = None, min_inliers: int = 12,
-              max_level2_windows: int = 512) -> str:
+              max_level2_windows: int = 512, min_first_pass_inliers: int | None = None) -> str:
     """The model card (markdown)."""
     cfg = payload.get("train_config", {})
     hours = float(payload.get("wall_seconds", 0.0)) / 3600.0
@@ -134,11 +147,19 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         f"- Level-2 refinement of the {max_level2_windows} most confident level-1 matches per pair "
         "(`max_level2_windows`, a fixed size in the exported fine matcher).",
         f"- Acceptance rule of the vehicle: a fix needs at least {min_inliers} geometry inliers"
-        + (f", chosen on {acceptance['queries']} queries of `{acceptance['split']}` (seeds {acceptance['seed']}) by "
-           f"`python -m benchmarks.acceptance` for a precision of at least {acceptance['target_precision']:.0%} "
-           f"(there: precision {acceptance['chosen']['precision']:.0%}, {acceptance['chosen']['accepted']} fixes "
-           f"accepted, {acceptance['chosen']['correct']} of {acceptance['correct_total']} correct ones kept; "
-           f"{acceptance.get('verify_candidates', 1)} retrieval hypothesis(es) verified per frame as on the vehicle)"
+        + (f" in the locator's refinement pass, or {min_first_pass_inliers} in its first pass"
+           if min_first_pass_inliers is not None else "")
+        + (f", chosen on {acceptance['queries']} dev queries ({_acceptance_sources(acceptance)}, seeds "
+           f"{acceptance['seed']}) by `python -m benchmarks.acceptance` for a precision of at least "
+           f"{acceptance['target_precision']:.0%} (there: precision {acceptance['chosen']['precision']:.0%}, "
+           f"{acceptance['chosen']['accepted']} fixes accepted, {acceptance['chosen']['correct']} of "
+           f"{acceptance['correct_total']} queries with a right fit kept"
+           + "".join(f"; {name.upper()} {v['correct']} of {v['accepted']}"
+                     for name, v in acceptance.get("chosen_by_suite", {}).items())
+           + f"; {acceptance.get('verify_candidates', 1)} retrieval hypothesis(es) verified per frame as on the vehicle"
+           + (", with the refinement pass, `LocatorConfig.refine`" if acceptance.get("refine") else
+              ", one-pass verification")
+           + ")"
            if acceptance else "")
         + ".",
         f"- Prompt embeddings: {payload.get('topics', {}).get('encoder_id')} ({payload.get('topics', {}).get('dim')}-d,"
@@ -205,12 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-threshold", type=float, help="store this in-window threshold in the released config")
     parser.add_argument("--tuning", type=Path, help="the topicgeo.eval.tune report that chose them")
     parser.add_argument("--min-inliers", type=int, help="store this acceptance rule in the released config")
+    parser.add_argument("--min-first-pass-inliers", type=int,
+                        help="store this first-fit rule (the acceptance rule's second chance) in the released config")
     parser.add_argument("--acceptance", type=Path, help="the benchmarks.acceptance report that chose it")
     parser.add_argument("--max-level2-windows", type=int, help="level-1 matches refined at level 2 (fixed size)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     print(release(args.run, args.eval, args.out, args.coarse_threshold, args.tuning, args.fine_threshold,
-                  args.min_inliers, args.acceptance, args.max_level2_windows))
+                  args.min_inliers, args.acceptance, args.max_level2_windows, args.min_first_pass_inliers))
     return 0
 
 
