@@ -168,8 +168,8 @@ class LocatorConfig:
             raise ValueError(f"search_rotations_deg must be finite angles, got {self.search_rotations_deg}")
         rules = (self.min_inliers, self.min_first_pass_inliers)
         if self.target_ratio <= 0 or self.shortlist < 1 or any(r is not None and r < 4 for r in rules):
-            raise ValueError("target_ratio > 0, shortlist >= 1 and min_inliers, min_first_pass_inliers >= 4 are "
-                             "required")
+            raise ValueError("target_ratio > 0, shortlist >= 1, min_inliers >= 4 and min_first_pass_inliers >= 4 "
+                             "are required")
         if self.verify_candidates < 1:
             raise ValueError(f"verify_candidates must be >= 1, got {self.verify_candidates}")
         if self.refine_geometry not in GEOMETRY_MODELS:
@@ -196,6 +196,17 @@ def fit_geometry(pts_f: np.ndarray, pts_r: np.ndarray, frame_size: tuple[int, in
     """
     return fit_query_to_map(pts_f, pts_r, config.homography_threshold_px, frame_size, geometry or config.geometry,
                             config.homography_gain)
+
+
+def first_pass_rule(config: LocatorConfig, matching: dict[str, Any], min_inliers: int) -> int | None:
+    """Inliers a first fit needs to be accepted on its own: the config's ``min_first_pass_inliers``, else the
+    bundle's calibrated one (``matching``: the manifest's ``model_config.matching``), else ``min_inliers`` when the
+    locator does not refine (the one fit there is) and None (never) when it does."""
+    if config.min_first_pass_inliers is not None:
+        return config.min_first_pass_inliers
+    if matching.get("min_first_pass_inliers") is not None:
+        return int(matching["min_first_pass_inliers"])
+    return None if config.refine else min_inliers
 
 
 @dataclass(frozen=True)
@@ -415,11 +426,7 @@ class Locator:
         matching = model_cfg.get("matching", {})
         calibrated = int(matching.get("min_inliers", DEFAULT_MIN_INLIERS))
         self.min_inliers = config.min_inliers if config.min_inliers is not None else calibrated
-        first = config.min_first_pass_inliers
-        if first is None and matching.get("min_first_pass_inliers") is not None:
-            first = int(matching["min_first_pass_inliers"])
-        # the rule a first fit meets to be accepted on its own (None: never, while refining)
-        self.min_first_pass_inliers = first if (first is not None or config.refine) else self.min_inliers
+        self.min_first_pass_inliers = first_pass_rule(config, matching, self.min_inliers)
         self.selections: dict[str, BackendSelection] = {
             g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
         }

@@ -417,16 +417,20 @@ def test_acceptance_takes_the_refined_fit_else_a_strong_first_fit(first, refined
     assert fit is {"refined": r, "first": f, None: None}[accepted]
 
 
-def test_without_refinement_the_one_fit_meets_the_first_pass_rule(tiny_bundle: Path, sjer_cache: Path) -> None:
-    bundle_rule = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(refine=False, min_inliers=30))
-    assert bundle_rule.min_first_pass_inliers == 30  # the bundle has no first-pass rule: min_inliers judges the fit
+def test_without_refinement_the_one_fit_meets_the_first_pass_rule() -> None:
+    from edge_runtime.locator import first_pass_rule
+
+    # the rule for a first fit: the config's, else the bundle's, else min_inliers when not refining, else never
+    assert first_pass_rule(LocatorConfig(min_first_pass_inliers=50), {"min_first_pass_inliers": 124}, 30) == 50
+    assert first_pass_rule(LocatorConfig(), {"min_first_pass_inliers": 124}, 30) == 124
+    assert first_pass_rule(LocatorConfig(refine=False), {}, 30) == 30
+    assert first_pass_rule(LocatorConfig(), {}, 30) is None
+    fake = object.__new__(Locator)
+    fake.min_inliers, fake.min_first_pass_inliers = 30, 50
     f = _fit(40)
-    assert bundle_rule._accept(f, f) == (f, "")
-    strict = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(refine=False, min_inliers=30,
-                                                                 min_first_pass_inliers=50))
-    assert strict._accept(f, f) == (None, "too few inliers (40 < 50)")
-    refining = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(min_inliers=30))
-    assert refining.min_first_pass_inliers is None  # refining without a calibrated second chance: none
-    assert refining._accept(f, _fit(20))[0] is None
+    assert fake._accept(f, f) == (None, "too few inliers (40 < 50)")  # one fit: the first-pass rule judges it
+    assert fake._accept(_fit(60), _fit(60))[0] is not None
+    fake.min_first_pass_inliers = None  # refining without a calibrated second chance: a first fit never suffices
+    assert fake._accept(_fit(500), _fit(20))[0] is None
     with pytest.raises(ValueError, match="min_first_pass_inliers"):
         LocatorConfig(min_first_pass_inliers=3)
