@@ -84,19 +84,16 @@ class LocatorConfig:
             this ratio (:meth:`Locator.query_plans`).
         shortlist: retrieval candidates (maps, best first) reported with a result.
         verify_candidates: retrieval hypotheses (one per map, scale and rotation of the frame) verified by the fine
-            stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage (~100 ms
-            on a 2-core CPU), a frame without a fix this many. Retrieval ranks the right place among its first few
-            hypotheses more often than first (SJER dev, seed-1 queries, stage-4 checkpoint with coarse threshold
-            0.1: a right footprint in the first hypothesis for 6 of 24 queries, in the first three for 11), but
-            wrong places collect many inliers too, so the acceptance rule calibrated for three hypotheses was
-            stricter (min_inliers 48 instead of 21) and kept 6 right fixes instead of 5. With the released thresholds
-            (coarse 0.05) and 72 pooled SJER dev tuning queries at >= 90 % precision, one-pass verification: 18
-            right fixes with one hypothesis (rule 90 inliers), 25 with two (85), 28 with three (79); with the
-            refinement pass (similarity refit) 23 with one and 31 with two. Two already cost the 500 ms latency
-            target on this 2-core CPU (one-pass, 17 km2 NAIP map without priors: 592 ms median against 391 ms,
-            edge-bench ``results/2026-12-05_cpu_stage4_verify2``). One by default; the acceptance rules must be
-            calibrated for the value used (``benchmarks.acceptance --verify-candidates``) and stored in the
-            checkpoint (``python -m topicgeo.train.card --min-inliers --min-first-pass-inliers``).
+            stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage, a frame
+            without a fix this many. Retrieval ranks the right place among its first few hypotheses more often than
+            first, so two by default: on the 132 pooled SJER + NAIP dev tuning queries (seeds 1-3, stage-4
+            checkpoint, refinement pass, rules calibrated per value at >= 90 % precision) one hypothesis keeps 34
+            right fixes of 36 accepted (rules 64 / 124), two keep 45 of 48 (63 / 124). On the 20 NAIP report
+            queries (17 km2, no priors) the median latency stays about the same (most frames end after the first
+            hypothesis or without a retrieval candidate); the p95 grows from ~520 to ~770 ms. One-pass history:
+            SJER tuning queries kept 18 right fixes with one hypothesis (rule 90), 25 with two, 28 with three. The
+            acceptance rules must be calibrated for the value used (``benchmarks.acceptance --verify-candidates``)
+            and stored in the checkpoint (``python -m topicgeo.train.card --min-inliers --min-first-pass-inliers``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
         min_inliers: inliers the fix's final fit needs (the refinement pass's fit when ``refine`` is on); None
@@ -136,6 +133,10 @@ class LocatorConfig:
             hypothesis) it kept the most right fixes at >= 90 % precision: 23 of 24 accepted (rule 64 inliers),
             against 22 of 24 with ``auto`` (rule 100) and 18 of 19 without the refinement (rule 90); a gate of 0 or 2
             cells kept 21 and 23. Set ``auto`` for an oblique camera.
+        refine_min_first_inliers: a first fit with fewer inliers is not refined (the hypothesis is rejected: the
+            first-pass rule is far stricter). On the 132 pooled dev tuning queries with two hypotheses no right fix
+            came from a first fit with fewer than 20 inliers; 16 skips 66 of 231 refinements (~90 ms each on this
+            CPU) and keeps every fix.
         verify: verify bundle and cache hashes when opening.
     """
 
@@ -144,7 +145,7 @@ class LocatorConfig:
     search_rotations_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
     target_ratio: float = 1.6
     shortlist: int = 3
-    verify_candidates: int = 1
+    verify_candidates: int = 2
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     min_confidence: float = 0.01
     min_inliers: int | None = None
@@ -159,6 +160,7 @@ class LocatorConfig:
     refine_max_ratio: float = 2.0
     refine_gate_cells: int = 1
     refine_geometry: str = "similarity"
+    refine_min_first_inliers: int = 16
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -179,9 +181,9 @@ class LocatorConfig:
                              f"homography_gain >= 1 (got {self.homography_gain})")
         if self.homography_threshold_px <= 0 or self.max_scale_error < 1 or self.prior_radius_m <= 0:
             raise ValueError("homography_threshold_px > 0, max_scale_error >= 1, prior_radius_m > 0 are required")
-        if self.refine_max_ratio < 1 or self.refine_gate_cells < 0:
-            raise ValueError(f"refine_max_ratio must be >= 1 and refine_gate_cells >= 0, got {self.refine_max_ratio}, "
-                             f"{self.refine_gate_cells}")
+        if self.refine_max_ratio < 1 or self.refine_gate_cells < 0 or self.refine_min_first_inliers < 0:
+            raise ValueError(f"refine_max_ratio must be >= 1, refine_gate_cells and refine_min_first_inliers >= 0, "
+                             f"got {self.refine_max_ratio}, {self.refine_gate_cells}, {self.refine_min_first_inliers}")
         if not 0 < self.max_heading_error_deg <= 180:
             raise ValueError(f"max_heading_error_deg must lie in (0, 180], got {self.max_heading_error_deg}")
 
@@ -698,9 +700,13 @@ class Locator:
         first = fit
         final: tuple[np.ndarray, np.ndarray, HomographyResult, str] | str = first
         if self.config.refine and first[2].ok:
-            final = self._refine(frame, first[2].H, enc_r, roi_cells, (x0, y0), lat)
-            if isinstance(final, str):
-                final = f"refinement: {final}"
+            if first[2].num_inliers < self.config.refine_min_first_inliers:
+                final = (f"too few inliers to refine ({first[2].num_inliers} < "
+                         f"{self.config.refine_min_first_inliers})")
+            else:
+                final = self._refine(frame, first[2].H, enc_r, roi_cells, (x0, y0), lat)
+                if isinstance(final, str):
+                    final = f"refinement: {final}"
         accepted, why = self._accept(first, final)
         if accepted is None:
             shown = final if not isinstance(final, str) and final[2].ok else first

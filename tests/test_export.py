@@ -242,6 +242,21 @@ def test_tensorrt_fallback_is_explicit(tiny_bundle: Path, caplog: pytest.LogCapt
     assert "DEGRADED" in caplog.text
 
 
+def test_onnxruntime_threads_do_not_spin_unless_asked(tiny_bundle: Path) -> None:
+    """Idle sessions' spin-waiting threads take the cores from the running one (BackendChoice.spin): off by default,
+    and the same outputs either way."""
+    bundle = open_bundle(tiny_bundle)
+    feeds = {"image": np.random.default_rng(0).random((1, 3, 256, 256), np.float32),
+             "cell_valid": np.ones((1, 16), bool)}
+    outs = []
+    for spin, expected in ((False, "0"), (True, "1")):
+        backend = open_graph(bundle, "encoder_query", BackendChoice(spin=spin)).backend
+        options = backend.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+        outs.append(backend.run(feeds)["coarse"])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 def test_backend_rejects_wrong_shapes(tiny_bundle: Path) -> None:
     backend = open_graph(open_bundle(tiny_bundle), "encoder_query", BackendChoice()).backend
     with pytest.raises(BackendError, match="shape"):

@@ -406,6 +406,7 @@ def _fit(inliers: int | None) -> tuple:
     (100, "refinement: the first fit's footprint misses the region of interest", None,
      "refinement: the first fit's footprint misses the region of interest; first pass 100 < 120"),
     (100, None, None, "refinement: no homography: too few; first pass 100 < 120"),
+    (12, "too few inliers to refine (12 < 16)", None, "too few inliers to refine (12 < 16); first pass 12 < 120"),
 ])
 def test_acceptance_takes_the_refined_fit_else_a_strong_first_fit(first, refined, accepted, reason) -> None:
     fake = object.__new__(Locator)

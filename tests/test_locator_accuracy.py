@@ -6,10 +6,10 @@ the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: th
 lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
 
 The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-12-05 with the stage-4
-checkpoint, step 22800, and the locator's refinement pass; acceptance rules calibrated on 132 pooled SJER + NAIP dev
-queries): its rules (64 refined / 124 first-pass inliers) leave all six frames without a fix (20-38 refined and 34-62
-first-pass inliers on the best candidates; scripts/demo_brighton.py), where the earlier 21-inlier one-pass rule placed
-up to three of them 30-107 m off. An SJER plot and a NAIP crop are not placed on
+checkpoint, step 22800, the locator's refinement pass and two hypotheses per frame; acceptance rules calibrated on 132
+pooled SJER + NAIP dev queries): its rules (63 refined / 124 first-pass inliers) leave all six frames without a fix
+(20-38 refined and 34-62 first-pass inliers on the best candidates; scripts/demo_brighton.py), where the earlier
+21-inlier one-pass rule placed up to three of them 30-107 m off. An SJER plot and a NAIP crop are not placed on
 the Brighton maps, so that test runs unmarked. The others are strict xfails: they run the whole vehicle path and fail
 loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's targets (every frame,
 median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.

@@ -27,6 +27,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         precision: str,
         device: str = "cpu",
         threads: int = 0,
+        spin: bool = False,
     ) -> None:
         super().__init__(inputs, outputs)
         import onnxruntime as ort
@@ -44,6 +45,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         options.log_severity_level = 3  # fp16 constant-folding notices are not errors
         if threads:
             options.intra_op_num_threads = threads
+        # spinning intra-op threads of idle sessions take the cores from the running one (BackendChoice.spin)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if not Path(path).is_file():
             raise BackendError(f"ONNX file not found: {path}")
         try:
