@@ -88,7 +88,8 @@ class LocatorConfig:
             without a fix this many. Retrieval ranks the right place among its first few hypotheses more often than
             first, so two by default: on the 132 pooled SJER + NAIP dev tuning queries (seeds 1-3, stage-4
             checkpoint, refinement pass, rules calibrated per value at >= 90 % precision) one hypothesis keeps 34
-            right fixes of 36 accepted (rules 64 / 124), two keep 45 of 48 (63 / 124). On the 20 NAIP report
+            right fixes of 36 accepted (rules 64 / 124), two keep 45 of 47 (63 / 124), three 50 of 55 (63 / 96:
+            five wrong fixes instead of two, and a longer tail of latency). On the 20 NAIP report
             queries (17 km2, no priors) the median latency stays about the same (most frames end after the first
             hypothesis or without a retrieval candidate); the p95 grows from ~520 to ~770 ms. One-pass history:
             SJER tuning queries kept 18 right fixes with one hypothesis (rule 90), 25 with two, 28 with three. The
