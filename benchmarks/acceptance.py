@@ -102,9 +102,18 @@ def _check_target(target_precision: float) -> None:
         raise ValueError(f"target_precision must lie in (0, 1], got {target_precision}")
 
 
+def _counts(values: Sequence[Any]) -> np.ndarray:
+    return np.concatenate(_per_query(values, np.int64) or [np.zeros(0, np.int64)])
+
+
 def _candidates(values: Sequence[Any]) -> list[int]:
-    counts = np.concatenate(_per_query(values, np.int64) or [np.zeros(0, np.int64)])
-    return sorted({FLOOR, *(int(v) for v in counts if v >= FLOOR)})
+    """Every threshold worth trying: ``FLOOR`` and each count at or above it."""
+    return sorted({FLOOR, *(int(v) for v in _counts(values) if v >= FLOOR)})
+
+
+def _beyond(values: Sequence[Any]) -> int:
+    """A threshold above every count (the rule that accepts nothing), never below ``FLOOR``."""
+    return max(int(_counts(values).max(initial=FLOOR - 1)) + 1, FLOOR)
 
 
 def choose_min_inliers(inliers: Sequence[Any], correct: Sequence[Any], target_precision: float) -> dict[str, Any]:
@@ -127,9 +136,7 @@ def choose_min_inliers(inliers: Sequence[Any], correct: Sequence[Any], target_pr
         outcome = accepted_at(inliers, correct, t)
         if outcome["precision"] >= target_precision:
             return {"min_inliers": t, **outcome}
-    counts = np.concatenate(_per_query(inliers, np.int64) or [np.zeros(0, np.int64)])
-    top = int(counts.max(initial=FLOOR - 1)) + 1
-    return {"min_inliers": max(top, FLOOR), "accepted": 0, "correct": 0, "precision": 1.0}
+    return {"min_inliers": _beyond(inliers), "accepted": 0, "correct": 0, "precision": 1.0}
 
 
 def choose_rules(inliers: Sequence[Any], correct: Sequence[Any], first_inliers: Sequence[Any],
@@ -151,8 +158,8 @@ def choose_rules(inliers: Sequence[Any], correct: Sequence[Any], first_inliers: 
             if best is None or key > best[0]:
                 best = (key, {"min_inliers": t2, "min_first_pass_inliers": t1, **out})
     if best is None:  # nothing reaches the target: accept nothing
-        top = max(_candidates(inliers)) + 1
-        return {"min_inliers": top, "min_first_pass_inliers": None, "accepted": 0, "correct": 0, "precision": 1.0}
+        return {"min_inliers": _beyond(inliers), "min_first_pass_inliers": None, "accepted": 0, "correct": 0,
+                "precision": 1.0}
     return best[1]
 
 
@@ -247,18 +254,18 @@ def main(argv: list[str] | None = None) -> int:
                          args.naip_split if "naip" in suites else None, args.seed, args.verify_candidates,
                          Path(work), args.refine)
     first = _arrays(rows, "first_pass")
+    per_suite = {s: [r for r in rows if r["suite"] == s] for s in sorted(suites)}
     if args.refine:
         refined = _arrays(rows, "refined")
         chosen = choose_rules(*refined, *first, args.target_precision)
-        by_suite = {s: accepted_at(*_arrays([r for r in rows if r["suite"] == s], "refined"), chosen["min_inliers"],
-                                   *_arrays([r for r in rows if r["suite"] == s], "first_pass"),
-                                   chosen["min_first_pass_inliers"]) for s in sorted(suites)}
+        by_suite = {s: accepted_at(*_arrays(part, "refined"), chosen["min_inliers"], *_arrays(part, "first_pass"),
+                                   chosen["min_first_pass_inliers"]) for s, part in per_suite.items()}
         correct_total = sum(any(a or b for a, b in zip(c1, c2, strict=True))
                             for c1, c2 in zip(first[1], refined[1], strict=True))
     else:
         chosen = {**choose_min_inliers(*first, args.target_precision), "min_first_pass_inliers": None}
-        by_suite = {s: accepted_at(*_arrays([r for r in rows if r["suite"] == s], "first_pass"),
-                                   chosen["min_inliers"]) for s in sorted(suites)}
+        by_suite = {s: accepted_at(*_arrays(part, "first_pass"), chosen["min_inliers"])
+                    for s, part in per_suite.items()}
         correct_total = sum(any(c) for c in first[1])
     report = {"suites": sorted(suites), "split": _rel(args.split) if "sjer" in suites else None,
               "naip_split": _rel(args.naip_split) if "naip" in suites else None,

@@ -51,7 +51,7 @@ from edge_runtime.numerics.geometry import (
     is_convex_quad,
     project_points,
 )
-from edge_runtime.numerics.grid import cell_centers
+from edge_runtime.numerics.grid import cell_centers, cell_validity
 from edge_runtime.numerics.matching import matches_from_mask, mutual_nearest_mask
 from edge_runtime.types import LocateResult, Priors
 
@@ -227,6 +227,24 @@ class PreparedQuery:
     scale: float
 
 
+def area_shrink(frame: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``frame (H, W, 3)`` shrunk by ``factor < 1`` with the area filter (before a warp that would alias), and the
+    ``(3, 3)`` frame px -> shrunk px transform (pixel-centre convention)."""
+    h, w = frame.shape[:2]
+    src = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    pre = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0])
+    pre[:2, 2] = 0.5 * np.diag(pre)[:2] - 0.5
+    return src, pre
+
+
+def local_scale(H: np.ndarray, at: tuple[float, float]) -> float:
+    """Output pixels per input pixel of the homography ``H (3, 3)`` at point ``at``: the square root of its Jacobian
+    determinant, by differences over one pixel."""
+    x, y = at
+    p = project_points(H, np.array([[x, y], [x + 1.0, y], [x, y + 1.0]]))
+    return math.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]], axis=1))))
+
+
 def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 64,
                   rotation_deg: float = 0.0) -> PreparedQuery:
     """Resize ``frame (H, W, 3)`` so its long side is ``content_px``, rotate it clockwise by ``rotation_deg`` about
@@ -250,9 +268,7 @@ def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 6
         T = np.array([[sx, 0, 0.5 * sx - 0.5 + x0], [0, sy, 0.5 * sy - 0.5 + y0], [0, 0, 1]], dtype=np.float64)
         scale = float(np.sqrt(sx * sy))
     else:
-        src = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA) if s < 1 else frame
-        pre = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0]) if s < 1 else np.eye(3)
-        pre[:2, 2] = 0.5 * np.diag(pre)[:2] - 0.5  # pixel-centre convention of the pre-shrink
+        src, pre = area_shrink(frame, s) if s < 1 else (frame, np.eye(3))
         t = math.radians(rotation_deg)
         k = s / pre[0, 0]
         # clockwise on screen (y down) = the rotation matrix of +t in x-right / y-down coordinates
@@ -266,8 +282,7 @@ def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 6
         valid = cv2.warpAffine(np.ones(src.shape[:2], np.float32), A[:2], (size, size), flags=cv2.INTER_NEAREST)
         T = A @ pre
         scale = float(s)
-    cells = valid.reshape(size // cell, cell, size // cell, cell).mean(axis=(1, 3)).ravel() >= 0.5
-    return PreparedQuery(canvas, cells, T, scale)
+    return PreparedQuery(canvas, cell_validity(valid > 0, cell, 0.5), T, scale)
 
 
 @dataclass(frozen=True)
@@ -310,20 +325,12 @@ def refinement_canvas(frame: np.ndarray, frame_to_tile: np.ndarray, size: int, t
     frame_to_canvas = np.linalg.inv(canvas_to_tile) @ frame_to_tile
     frame_to_canvas /= frame_to_canvas[2, 2]
     # shrink big frames first (area filter) so the perspective warp samples without aliasing
-    centre_f = np.array([[(w - 1) / 2.0, (h - 1) / 2.0], [(w - 1) / 2.0 + 1.0, (h - 1) / 2.0],
-                         [(w - 1) / 2.0, (h - 1) / 2.0 + 1.0]])
-    p = project_points(frame_to_canvas, centre_f)
-    zoom = math.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]], axis=1))))
-    src, pre = frame, np.eye(3)
-    if zoom < 0.5:
-        src = cv2.resize(frame, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_AREA)
-        pre = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0])
-        pre[:2, 2] = 0.5 * np.diag(pre)[:2] - 0.5
+    zoom = local_scale(frame_to_canvas, ((w - 1) / 2.0, (h - 1) / 2.0))
+    src, pre = area_shrink(frame, zoom) if zoom < 0.5 else (frame, np.eye(3))
     M = frame_to_canvas @ np.linalg.inv(pre)
     canvas = cv2.warpPerspective(src, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     valid = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), M, (size, size), flags=cv2.INTER_NEAREST)
-    cells = valid.reshape(size // cell, cell, size // cell, cell).mean(axis=(1, 3)).ravel() >= 0.5
-    return RefinementCanvas(canvas, cells, frame_to_canvas, canvas_to_tile)
+    return RefinementCanvas(canvas, cell_validity(valid > 0, cell, 0.5), frame_to_canvas, canvas_to_tile)
 
 
 @dataclass(frozen=True)
@@ -688,8 +695,7 @@ class Locator:
             roi, roi_valid = entry.read_roi(x0, y0, self.tile_size, self.tile_size)
             _add_ms(lat, "read_roi", t)
             t = time.perf_counter()
-            g = self.grid_t[0]
-            roi_cells = roi_valid.reshape(g, self.cell, g, self.cell).mean(axis=(1, 3)).ravel() >= 0.5
+            roi_cells = cell_validity(roi_valid, self.cell, 0.5)
             roi_cache[map_id, x0, y0] = (roi_cells, self._encode("encoder_tile", roi, roi_cells))
             _add_ms(lat, "encode_roi", t)
         roi_cells, enc_r = roi_cache[map_id, x0, y0]
@@ -827,13 +833,7 @@ class Locator:
             return LocateResult.failure("degenerate footprint", **fail)
         centre = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0]]))[0]
         up = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0 - 1.0]]))[0]
-        # Local scale: map pixels per frame pixel at the centre (square root of the Jacobian determinant).
-        eps = 1.0
-        c = np.array([[(w - 1) / 2.0, (h - 1) / 2.0], [(w - 1) / 2.0 + eps, (h - 1) / 2.0],
-                      [(w - 1) / 2.0, (h - 1) / 2.0 + eps]])
-        p = project_points(H, c)
-        jac = np.stack([p[1] - p[0], p[2] - p[0]], axis=1) / eps
-        map_px_per_frame_px = math.sqrt(abs(np.linalg.det(jac)))
+        map_px_per_frame_px = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0))  # at the frame centre
         gsd = entry.georef.gsd_m
         if expected is not None:
             expected_scale = expected / max(h, w)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from edge_runtime.map_cache import TileGrid
+from edge_runtime.numerics.grid import cell_validity  # noqa: F401  (re-exported: maps.build, tests)
 
 
 def overlap_pixels(tile_size: int, overlap: float, cell: int) -> int:
@@ -67,24 +68,6 @@ def make_grid(width: int, height: int, tile_size: int, overlap: float, cell: int
     return TileGrid(tile_size=tile_size, stride=stride, cell=cell, nx=tiles_along(width, tile_size, stride),
                     ny=tiles_along(height, tile_size, stride), x0=centring_offset(width, tile_size, cell),
                     y0=centring_offset(height, tile_size, cell))
-
-
-def cell_validity(valid: np.ndarray, cell: int, min_fraction: float) -> np.ndarray:
-    """Which coarse cells of a tile have enough valid pixels.
-
-    Args:
-        valid: ``(T, T)`` bool pixel validity of a tile (T a multiple of ``cell``).
-        cell: coarse stride in pixels.
-        min_fraction: a cell is valid when at least this fraction of its pixels is valid (0.5 in the cache).
-
-    Returns:
-        ``(N,)`` bool, ``N = (T / cell) ** 2``, row-major.
-    """
-    h, w = valid.shape
-    if h % cell or w % cell:
-        raise ValueError(f"tile {h}x{w} is not a multiple of the cell {cell}")
-    counts = valid.reshape(h // cell, cell, w // cell, cell).sum(axis=(1, 3), dtype=np.int64)
-    return (counts >= min_fraction * cell * cell).ravel()
 
 
 def image_tensor(rgb: np.ndarray) -> np.ndarray:

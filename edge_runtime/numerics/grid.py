@@ -33,3 +33,22 @@ def cell_index_to_uv(index: np.ndarray, grid_w: int) -> np.ndarray:
     """Row-major flat cell indices ``(N,)`` -> ``(N, 2)`` integer ``(u, v)``."""
     index = np.asarray(index, dtype=np.int64)
     return np.stack([index % grid_w, index // grid_w], axis=-1)
+
+
+def cell_validity(valid: np.ndarray, cell: int, min_fraction: float) -> np.ndarray:
+    """Which coarse cells of an image (a map tile, a query canvas) have enough valid pixels.
+
+    Args:
+        valid: ``(H, W)`` bool pixel validity (H and W multiples of ``cell``).
+        cell: coarse stride in pixels.
+        min_fraction: a cell is valid when at least this fraction of its pixels is valid (0.5 in the cache and the
+            locator, as in the network's ``cell_validity``).
+
+    Returns:
+        ``(N,)`` bool, ``N = (H / cell) * (W / cell)``, row-major.
+    """
+    h, w = valid.shape
+    if h % cell or w % cell:
+        raise ValueError(f"tile {h}x{w} is not a multiple of the cell {cell}")
+    counts = valid.reshape(h // cell, cell, w // cell, cell).sum(axis=(1, 3), dtype=np.int64)
+    return (counts >= min_fraction * cell * cell).ravel()
