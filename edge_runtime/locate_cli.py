@@ -63,7 +63,13 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
         camera = camera.scaled(frame_shape[1], frame_shape[0])
     alt = altitude if altitude is not None else (meta.relative_altitude_m if meta is not None else None)
     capture = meta.capture_time.timestamp() if meta is not None and meta.capture_time is not None else None
+    attitude = None
+    if meta is not None:
+        from edge_runtime.service.telemetry import attitude_from_dji_gimbal
+
+        attitude = attitude_from_dji_gimbal(meta.gimbal_yaw_deg, meta.gimbal_pitch_deg, meta.gimbal_roll_deg)
     return Priors(altitude_agl_m=alt if alt and alt > 0 else None, frame_gsd_m=gsd, capture_time=capture,
+                  roll_deg=attitude[0] if attitude else None, pitch_deg=attitude[1] if attitude else None,
                   yaw_deg=meta.gimbal_yaw_deg if meta is not None else None,
                   source="exif" if meta is not None else "none"), camera
 

@@ -30,6 +30,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ class LocatorConfig:
         target_ratio: wanted query/map scale ratio when the altitude is known (the reference checkpoint ends its
             training on ~0.85-2.6x, see configs/train_cpu_stage2.yaml); maps of different GSDs each get a query at
             this ratio (:meth:`Locator.query_plans`).
+        min_overview_ratio: with a scale prior, a map is searched on its own pixels only when the frame, fitted to
+            the query canvas, is shown there at no less than this query/map scale ratio (its footprint fits the
+            canvas at that ratio); otherwise on the finest of the map's cached overview levels that reaches it (the
+            coarsest when none does; :func:`overview_for_frame`). The Brighton Beach frames (~680 px of the 0.1 m
+            orthophoto, ratio 0.75 on a 512 px canvas) go to its 0.2 m level (ratio 1.5).
         shortlist: retrieval candidates (maps, best first) reported with a result.
         verify_candidates: retrieval hypotheses (one per map, scale and rotation of the frame) verified by the fine
             stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage, a frame
@@ -114,6 +120,12 @@ class LocatorConfig:
             footprint extrapolates wildly.
         homography_gain: see ``geometry``.
         max_scale_error: with an altitude prior, the found scale may differ by at most this factor.
+        max_tilt_error_deg: with a roll and pitch prior (a gimbal's), the camera position comes from the prior's tilt
+            (:func:`camera_position_from_attitude`) instead of the 6-DoF PnP pose, whose tilt trades off against
+            translation over flat ground when the matches cover part of the frame (Brighton Beach, gimbal at -89.9
+            degrees: PnP returned a 54 degree roll and a camera 40 m from the SfM one, where the attitude-aided
+            position was 1.1 m off). The PnP pose is still solved and reported as the attitude when its tilt is within
+            this many degrees of the prior's.
         max_heading_error_deg: with a yaw prior, the found heading (image top, clockwise from grid north) may differ
             from it by at most this many degrees. A compass and gimbal yaw are good to a few degrees and grid north
             is within ~2 degrees of true north in UTM; a fit that turns the north-up frame by more than that has
@@ -145,6 +157,7 @@ class LocatorConfig:
     content_scales: tuple[float, ...] = (1.0,)
     search_rotations_deg: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
     target_ratio: float = 1.6
+    min_overview_ratio: float = 1.0
     shortlist: int = 3
     verify_candidates: int = 2
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
@@ -156,6 +169,7 @@ class LocatorConfig:
     homography_gain: float = HOMOGRAPHY_GAIN
     max_scale_error: float = 2.0
     max_heading_error_deg: float = 15.0
+    max_tilt_error_deg: float = 10.0
     prior_radius_m: float = 150.0
     refine: bool = True
     refine_max_ratio: float = 2.0
@@ -173,6 +187,8 @@ class LocatorConfig:
         if self.target_ratio <= 0 or self.shortlist < 1 or any(r is not None and r < 4 for r in rules):
             raise ValueError("target_ratio > 0, shortlist >= 1, min_inliers >= 4 and min_first_pass_inliers >= 4 "
                              "are required")
+        if not 0 < self.min_overview_ratio <= self.target_ratio:
+            raise ValueError(f"min_overview_ratio must lie in (0, target_ratio], got {self.min_overview_ratio}")
         if self.verify_candidates < 1:
             raise ValueError(f"verify_candidates must be >= 1, got {self.verify_candidates}")
         if self.refine_geometry not in GEOMETRY_MODELS:
@@ -185,6 +201,8 @@ class LocatorConfig:
         if self.refine_max_ratio < 1 or self.refine_gate_cells < 0 or self.refine_min_first_inliers < 0:
             raise ValueError(f"refine_max_ratio must be >= 1, refine_gate_cells and refine_min_first_inliers >= 0, "
                              f"got {self.refine_max_ratio}, {self.refine_gate_cells}, {self.refine_min_first_inliers}")
+        if not 0 < self.max_tilt_error_deg <= 90:
+            raise ValueError(f"max_tilt_error_deg must lie in (0, 90], got {self.max_tilt_error_deg}")
         if not 0 < self.max_heading_error_deg <= 180:
             raise ValueError(f"max_heading_error_deg must lie in (0, 180], got {self.max_heading_error_deg}")
 
@@ -210,6 +228,26 @@ def first_pass_rule(config: LocatorConfig, matching: dict[str, Any], min_inliers
     if matching.get("min_first_pass_inliers") is not None:
         return int(matching["min_first_pass_inliers"])
     return None if config.refine else min_inliers
+
+
+def overview_for_frame(expected_px: float, factors: Sequence[int], query_size: int, target_ratio: float,
+                       min_ratio: float) -> int:
+    """The overview level a frame is matched on when a scale prior gives its footprint.
+
+    Args:
+        expected_px: the frame's long side in the map's own pixels. factors: the map's levels (1 = the map itself).
+        query_size: canvas side. target_ratio / min_ratio: see :class:`LocatorConfig` (``min_overview_ratio``).
+
+    Returns:
+        the finest factor ``f`` at which the frame, fitted to ``min(query_size, target_ratio * expected_px / f)``
+        canvas pixels, is shown at a query/map ratio of at least ``min_ratio``; the coarsest when none is.
+    """
+    levels = sorted(set(factors))
+    for f in levels:
+        footprint_px = expected_px / f
+        if min(float(query_size), target_ratio * footprint_px) / footprint_px >= min_ratio:
+            return f
+    return levels[-1]
 
 
 @dataclass(frozen=True)
@@ -339,7 +377,8 @@ class QueryPlan:
 
     Attributes:
         content_px: long side of the frame on the canvas. expected_px: per map, the frame's long side in that map's
-            pixels from the scale prior (empty without one). map_ids: the maps (None = every map).
+            pixels from the scale prior (empty without one). map_ids: the cache entries (maps or overview levels;
+            None = every entry).
     """
 
     content_px: float
@@ -441,7 +480,10 @@ class Locator:
             g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
         }
         self.cells = self._map_cells()
-        self.last_fix: tuple[str, np.ndarray] | None = None
+        # without a scale prior only the maps themselves are searched (None: there are no overview levels)
+        native = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
+        self.native_ids: frozenset[str] | None = None if native == frozenset(self.cells) else native
+        self.last_fix: tuple[str, np.ndarray] | None = None  # (map id, frame centre in that map's pixels)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -457,7 +499,8 @@ class Locator:
 
     def _map_cells(self) -> dict[str, MapCells]:
         out = {}
-        for map_id, entry in self.cache.maps.items():
+        for entry in self.cache.entries():
+            map_id = entry.map_id
             if entry.grid.tile_size != self.tile_size:
                 raise LocatorError(f"map {map_id!r} was tiled at {entry.grid.tile_size} px, the bundle's tile is "
                                    f"{self.tile_size} px")
@@ -502,14 +545,20 @@ class Locator:
 
     # ------------------------------------------------------------------ retrieval
     def search_area(self) -> dict[str, np.ndarray] | None:
-        """Temporal prior: the cells of the last fix's map within ``prior_radius_m`` of it (``{map_id: (M,) bool}``),
-        or None (every map, every cell) when there is no fix to start from."""
+        """Temporal prior: the cells of the last fix's map (and of its overview levels) within ``prior_radius_m`` of
+        it (``{entry id: (M,) bool}``), or None (every map, every cell) when there is no fix to start from."""
         if self.last_fix is None:
             return None
         map_id, xy = self.last_fix
-        gsd = self.cache.map(map_id).georef.gsd_m
-        radius_px = self.config.prior_radius_m / gsd + self.tile_size / 2
-        return {map_id: np.linalg.norm(self.cells[map_id].centres_px - xy, axis=1) <= radius_px}
+        area = {}
+        for entry_id, cells in self.cells.items():
+            entry = self.cache.map(entry_id)
+            if entry.base_id != map_id:
+                continue
+            at = project_points(np.linalg.inv(entry.to_base_px), np.asarray(xy, dtype=np.float64)[None])[0]
+            radius_px = self.config.prior_radius_m / entry.georef.gsd_m + self.tile_size / 2
+            area[entry_id] = np.linalg.norm(cells.centres_px - at, axis=1) <= radius_px
+        return area
 
     def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, area: dict[str, np.ndarray] | None = None,
                  maps: frozenset[str] | None = None) -> list[dict[str, Any]]:
@@ -553,19 +602,30 @@ class Locator:
     def query_plans(self, frame_shape: tuple[int, int], priors: Priors, camera: Any) -> list[QueryPlan]:
         """The query canvases a frame is encoded at, and the maps each is retrieved against.
 
-        With a scale prior (``priors.frame_gsd_m``, or the altitude and the intrinsics) the frame is brought to
-        ``target_ratio`` times each map GSD's footprint (one plan per distinct content size, so a cache that mixes a
+        With a scale prior (``priors.frame_gsd_m``, or the altitude and the intrinsics) each map is searched on one
+        level, its own pixels or the overview level :func:`overview_for_frame` picks, and the frame is brought to
+        ``target_ratio`` times its footprint there (one plan per distinct content size, so a cache that mixes a
         0.25 m and a 0.5 m orthophoto shows each map a query at its own scale; sizes within ``PLAN_MERGE_RATIO`` of
         each other share one plan and its median size); without one, every content scale of the config is tried
-        against every map.
+        against every map on its own pixels.
         """
         if priors.frame_gsd_m is not None:
             frame_gsd = float(priors.frame_gsd_m)
         elif priors.altitude_agl_m is not None and camera is not None:
             frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
         else:
-            return [QueryPlan(s * self.query_size, {}, None) for s in self.config.content_scales]
-        expected = {m: max(frame_shape) * frame_gsd / self.cache.map(m).georef.gsd_m for m in self.cells}
+            return [QueryPlan(s * self.query_size, {}, self.native_ids) for s in self.config.content_scales]
+        levels: dict[str, dict[int, str]] = {}  # base map -> {overview factor: entry id}
+        for m in self.cells:
+            entry = self.cache.map(m)
+            levels.setdefault(entry.base_id, {})[entry.overview] = m
+        expected = {}
+        for by_factor in levels.values():
+            native_gsd = self.cache.map(next(iter(by_factor.values()))).georef.gsd_m / next(iter(by_factor))
+            on_map = max(frame_shape) * frame_gsd / native_gsd
+            f = overview_for_frame(on_map, list(by_factor), self.query_size, self.config.target_ratio,
+                                   self.config.min_overview_ratio)
+            expected[by_factor[f]] = on_map / f
         content = {m: min(float(self.query_size), self.config.target_ratio * e) for m, e in expected.items()}
         groups: list[list[str]] = []  # maps whose content sizes lie within PLAN_MERGE_RATIO share one encode
         for m in sorted(content, key=lambda m: -content[m]):
@@ -630,7 +690,8 @@ class Locator:
             self.last_fix = None  # widen to all maps on the next frame
         lat["total"] = _ms(t0)
         result.extra.update({"widened": widened, "verified": verified, "candidates": [
-            {k: c[k] for k in ("map_id", "score", "matches")} for c in shortlist[: self.config.shortlist]]})
+            {"map_id": self.cache.map(c["map_id"]).base_id, "map_entry": c["map_id"], "score": c["score"],
+             "matches": c["matches"]} for c in shortlist[: self.config.shortlist]]})
         return result
 
     def verify(self, frame: np.ndarray, hypotheses: list[Hypothesis], priors: Priors, camera: Any,
@@ -653,7 +714,9 @@ class Locator:
                                    roi_cache)
             source = res.extra if res.ok else res.extra.get("rejected", {})
             quad = res.footprint_px if res.ok else source.get("footprint_px")
-            verified.append({"map_id": h.candidate["map_id"], "score": h.score, "rotation_deg": h.rotation_deg,
+            entry_id = h.candidate["map_id"]
+            verified.append({"map_id": res.map_id or entry_id, "map_entry": entry_id,  # the fine stage's: base id
+                             "score": h.score, "rotation_deg": h.rotation_deg,
                              "ok": res.ok, "inliers": int(res.inliers or 0), "fine_matches": source.get("fine_matches"),
                              "reason": res.reason, "footprint_px": None if quad is None else np.asarray(quad).tolist(),
                              **{k: source.get(k) for k in PASS_KEYS}})
@@ -699,7 +762,8 @@ class Locator:
             roi_cache[map_id, x0, y0] = (roi_cells, self._encode("encoder_tile", roi, roi_cells))
             _add_ms(lat, "encode_roi", t)
         roi_cells, enc_r = roi_cache[map_id, x0, y0]
-        fail = {"map_id": map_id, "confidence": top["score"], "latency_ms": lat, **common}
+        to_base = entry.to_base_px  # results are reported on the map's own pixels (an overview level's are coarser)
+        fail = {"map_id": entry.base_id, "confidence": top["score"], "latency_ms": lat, **common}
         fit = self._match_and_fit(frame, enc_q, prep.cell_valid, prep.frame_to_canvas, enc_r, roi_cells, (x0, y0),
                                   lat)
         if isinstance(fit, str):
@@ -721,16 +785,17 @@ class Locator:
                 return LocateResult.failure(why, inliers=0, **fail)
             pts_f, pts_r, hom, model = shown
             # kept for pictures and diagnosis only (edge-locate --viz): never published as a pose
-            rejected = {"footprint_px": footprint(hom.H, frame.shape[1], frame.shape[0]), "geometry_model": model,
-                        "matches": (pts_f[hom.inliers], pts_r[hom.inliers]), "fine_matches": len(pts_f),
-                        **self._pass_record(first, final, frame.shape)}
+            rejected = {"footprint_px": footprint(to_base @ hom.H, frame.shape[1], frame.shape[0]),
+                        "geometry_model": model, "fine_matches": len(pts_f),
+                        "matches": (pts_f[hom.inliers], project_points(to_base, pts_r[hom.inliers])),
+                        **self._pass_record(first, final, frame.shape, to_base)}
             return LocateResult.failure(why, inliers=hom.num_inliers, extra={"rejected": rejected}, **fail)
         pts_f, pts_r, hom, model = accepted
         t = time.perf_counter()
         result = self._pose(frame, hom.H, pts_f[hom.inliers], pts_r[hom.inliers], entry, top, priors, camera,
                             expected, common, lat)
         result.extra.update({"geometry_model": model, "fine_matches": len(pts_f),
-                             **self._pass_record(first, final, frame.shape)})
+                             **self._pass_record(first, final, frame.shape, to_base)})
         _add_ms(lat, "pose", t)
         return result
 
@@ -760,15 +825,15 @@ class Locator:
     @staticmethod
     def _pass_record(first: tuple[np.ndarray, np.ndarray, HomographyResult, str],
                      final: tuple[np.ndarray, np.ndarray, HomographyResult, str] | str,
-                     shape: tuple[int, ...]) -> dict[str, Any]:
+                     shape: tuple[int, ...], to_base: np.ndarray) -> dict[str, Any]:
         """Both fits of a hypothesis, for diagnosis and for calibrating the two rules (``benchmarks.acceptance``):
         ``first_pass_inliers`` / ``first_pass_footprint_px`` and ``refined_inliers`` / ``refined_footprint_px``
-        (None without that fit)."""
+        (None without that fit; footprints on the map's own pixels, ``to_base`` ``(3, 3)`` from the entry's)."""
         out: dict[str, Any] = {}
         for name, fit in (("first_pass", first), ("refined", None if final is first else final)):
             ok = fit is not None and not isinstance(fit, str) and fit[2].ok
             out[f"{name}_inliers"] = fit[2].num_inliers if ok else None
-            out[f"{name}_footprint_px"] = footprint(fit[2].H, shape[1], shape[0]).tolist() if ok else None
+            out[f"{name}_footprint_px"] = footprint(to_base @ fit[2].H, shape[1], shape[0]).tolist() if ok else None
         return out
 
     def _match_and_fit(self, frame: np.ndarray, enc_q: dict, cells_q: np.ndarray, frame_to_canvas: np.ndarray,
@@ -828,7 +893,8 @@ class Locator:
               lat: dict[str, float]) -> LocateResult:
         h, w = frame.shape[:2]
         quad = footprint(H, w, h)
-        fail = {"map_id": entry.map_id, "confidence": top["score"], "inliers": len(in_f), "latency_ms": lat, **common}
+        fail = {"map_id": entry.base_id, "confidence": top["score"], "inliers": len(in_f), "latency_ms": lat,
+                **common}
         if not is_convex_quad(quad):
             return LocateResult.failure("degenerate footprint", **fail)
         centre = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0]]))[0]
@@ -859,13 +925,36 @@ class Locator:
         attitude = None
         position_lonlat = lonlat[0]
         map_xy = (float(world[0, 0]), float(world[0, 1]))
-        extra: dict[str, Any] = {"centre_px": centre.tolist(), "retrieval_score": top["score"],
-                                 "map_px_per_frame_px": map_px_per_frame_px, "H_frame_to_map": H.tolist(),
-                                 "matches": (in_f, in_r), "ground_centre_lonlat": lonlat[0].tolist(),
+        to_base = entry.to_base_px  # reported on the map's own pixels (the entry may be an overview level)
+        extra: dict[str, Any] = {"centre_px": project_points(to_base, centre[None])[0].tolist(),
+                                 "retrieval_score": top["score"], "map_entry": entry.map_id,
+                                 "map_px_per_frame_px": map_px_per_frame_px * entry.overview,
+                                 "H_frame_to_map": (to_base @ H).tolist(),
+                                 "matches": (in_f, project_points(to_base, in_r)),
+                                 "ground_centre_lonlat": lonlat[0].tolist(),
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
             altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
             pose = self._camera_pose(in_f, in_r, entry, camera)
+            if priors.roll_deg is not None and priors.pitch_deg is not None:
+                # the prior's tilt and the fit's heading and scale place the camera (see max_tilt_error_deg)
+                rectified = camera.P is not None and np.any(np.asarray(camera.D) != 0)  # the frame was undistorted
+                k = np.asarray(camera.P)[:3, :3] if rectified else np.asarray(camera.K)
+                principal = project_points(H, np.array([[float(k[0, 2]), float(k[1, 2])]]))
+                ground = entry.georef.pixels_to_world(principal)[0]
+                east, north = camera_position_from_attitude(ground, altitude, heading, priors.pitch_deg,
+                                                            priors.roll_deg)
+                position_lonlat = entry.georef.pixels_to_lonlat(
+                    entry.georef.world_to_pixels(np.array([[east, north]])))[0]
+                map_xy = (float(east), float(north))
+                extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
+                if pose is not None:
+                    tilt = off_nadir_deg(pose.roll_deg, pose.pitch_deg)
+                    expected = off_nadir_deg(priors.roll_deg, priors.pitch_deg)
+                    if abs(tilt - expected) <= self.config.max_tilt_error_deg:
+                        attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
+                    extra.update({"pose_rms_px": pose.rms_px, "pnp_tilt_deg": tilt})
+                    pose = None
             if pose is not None:
                 east, north = pose.position[0], pose.position[1]
                 position_lonlat = entry.georef.pixels_to_lonlat(
@@ -878,9 +967,10 @@ class Locator:
                               "pose_std": pose.std.tolist()})
         confidence = float(min(1.0, top["score"]) * min(1.0, len(in_f) / 100.0))
         return LocateResult(
-            ok=True, map_id=entry.map_id, lat=float(position_lonlat[1]), lon=float(position_lonlat[0]),
+            ok=True, map_id=entry.base_id, lat=float(position_lonlat[1]), lon=float(position_lonlat[0]),
             map_xy=map_xy, crs=_crs_name(entry.georef),
-            footprint_px=quad, footprint_lonlat=lonlat[1:], heading_deg=heading, altitude_agl_m=altitude,
+            footprint_px=project_points(to_base, quad), footprint_lonlat=lonlat[1:], heading_deg=heading,
+            altitude_agl_m=altitude,
             attitude_deg=attitude, std_m=(std, std), confidence=confidence, inliers=len(in_f), latency_ms=lat,
             extra=extra, **common,
         )
@@ -915,6 +1005,26 @@ def _crs_name(georef: Any) -> str | None:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def camera_position_from_attitude(ground_en: np.ndarray, altitude_m: float, yaw_deg: float, pitch_deg: float,
+                                  roll_deg: float) -> tuple[float, float]:
+    """Camera ``(east, north)`` whose optical axis, at the given attitude (``calibration.geometry`` convention),
+    meets flat ground ``altitude_m`` below it at ``ground_en`` (the principal point's ground point)."""
+    from calibration.geometry import rotation_from_ypr
+
+    axis = rotation_from_ypr(yaw_deg, pitch_deg, roll_deg) @ np.array([0.0, 0.0, 1.0])  # ENU; OpenCV z = optical
+    if axis[2] >= -1e-6:
+        raise ValueError(f"the attitude (pitch {pitch_deg}, roll {roll_deg}) does not look at the ground")
+    t = altitude_m / -axis[2]
+    return float(ground_en[0] - t * axis[0]), float(ground_en[1] - t * axis[1])
+
+
+def off_nadir_deg(roll_deg: float, pitch_deg: float) -> float:
+    """Angle between the optical axis and the vertical for a roll / pitch in the project's attitude convention
+    (``calibration.geometry``: Z-Y-X Euler angles, nadir = 0, 0): ``arccos(cos(roll) cos(pitch))`` in degrees."""
+    c = math.cos(math.radians(roll_deg)) * math.cos(math.radians(pitch_deg))
+    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
 def heading_difference(a_deg: float, b_deg: float) -> float:

@@ -19,6 +19,11 @@ convention (pixel ``(x, y)`` has its centre at integer ``(x, y)``; rasterio's af
 :meth:`CachedMap.read_roi` returns the same uint8 RGB pixels the encoder saw when the cache was built. The fine stage
 reads its regions of interest from the original raster through it, which keeps the cache small.
 
+Overview levels: a map may also be cached decimated by integer factors (``<stem>@2x``, ...; records with
+``base_id`` and ``read.overview``): a frame whose footprint covers more than a tile of the map at the network's scale
+ratio is matched on the level where it fits (:meth:`edge_runtime.locator.Locator.query_plans`), and results are
+reported on the base map's pixel grid (:attr:`CachedMap.to_base_px`).
+
 Radiometry (identical to ``topicgeo.data.raster.GeoRaster`` for rasters without an alpha band / per-dataset mask):
 bands ``(1, 2, 3)`` (a 1- or 2-band raster repeats band 1); uint8 passes through, other dtypes go through a per-band
 percentile stretch computed once per raster on a decimated read. A pixel is invalid where every read band equals
@@ -221,6 +226,13 @@ class MapGeoref:
         """
         return self.world_to_pixels(transform_points(self._transformers[1], lonlat))
 
+    def overview(self, factor: int) -> MapGeoref:
+        """The georeference of the raster decimated by ``factor`` (see :class:`RasterReadSpec` ``overview``)."""
+        a, b, c, d, e, f = self.transform
+        return MapGeoref(-(-self.width // factor), -(-self.height // factor),
+                         (a * factor, b * factor, c, d * factor, e * factor, f), self.crs_wkt, self.epsg,
+                         self.gsd_m * factor, self.source)
+
     def to_dict(self) -> dict[str, Any]:
         """Manifest entry."""
         return {"width": self.width, "height": self.height, "transform": list(self.transform),
@@ -244,18 +256,30 @@ class RasterReadSpec:
         bands: three 1-based band indices read as R, G, B.
         nodata: a pixel whose read bands all equal this value is invalid (``None``: no nodata test).
         use_mask: also honour the raster's alpha band / per-dataset mask (GDAL mask value 0 = invalid).
+        alpha_band: a band whose value 0 marks invalid pixels although the file does not declare it as alpha (GDAL
+            then reports every pixel valid); see :func:`undeclared_alpha_band`.
         stretch: per-band ``(low, high)`` limits of the linear stretch to 0..255, or ``None`` (uint8 unchanged,
             other dtypes clipped to 0..255).
+        overview: reads address the raster decimated by this integer factor (1 = native pixels): pixel ``(u, v)``
+            is the mean of the valid native pixels of block ``[u f, u f + f) x [v f, v f + f)``, valid when any of
+            them is (:func:`overview_reduce`). A map cache's overview levels (``edge-maps build
+            --overviews``) read their source this way.
     """
 
     bands: tuple[int, int, int]
     nodata: float | None = None
     use_mask: bool = False
     stretch: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] | None = None
+    overview: int = 1
+    alpha_band: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.bands) != 3 or any(int(b) < 1 for b in self.bands):
             raise MapCacheError(f"bands must be three 1-based indices, got {self.bands}")
+        if self.alpha_band is not None and int(self.alpha_band) < 1:
+            raise MapCacheError(f"alpha_band must be a 1-based index, got {self.alpha_band}")
+        if int(self.overview) != self.overview or self.overview < 1:
+            raise MapCacheError(f"overview must be an integer factor >= 1, got {self.overview}")
         if self.stretch is not None:
             if len(self.stretch) != 3:
                 raise MapCacheError(f"stretch must hold three (low, high) pairs, got {self.stretch}")
@@ -266,7 +290,8 @@ class RasterReadSpec:
     def to_dict(self) -> dict[str, Any]:
         """Manifest entry."""
         return {"bands": list(self.bands), "nodata": self.nodata, "use_mask": self.use_mask,
-                "stretch": None if self.stretch is None else [list(p) for p in self.stretch]}
+                "stretch": None if self.stretch is None else [list(p) for p in self.stretch],
+                "overview": self.overview, "alpha_band": self.alpha_band}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RasterReadSpec:
@@ -275,7 +300,9 @@ class RasterReadSpec:
         return cls(bands=tuple(int(b) for b in raw["bands"]),  # type: ignore[arg-type]
                    nodata=None if raw.get("nodata") is None else float(raw["nodata"]),
                    use_mask=bool(raw.get("use_mask", False)),
-                   stretch=None if stretch is None else tuple((float(lo), float(hi)) for lo, hi in stretch))  # type: ignore[arg-type]
+                   stretch=None if stretch is None else tuple((float(lo), float(hi)) for lo, hi in stretch),  # type: ignore[arg-type]
+                   overview=int(raw.get("overview", 1)),
+                   alpha_band=None if raw.get("alpha_band") is None else int(raw["alpha_band"]))
 
 
 def open_raster(path: str | os.PathLike[str]) -> Any:
@@ -300,6 +327,31 @@ def dataset_has_mask(ds: Any) -> bool:
 
     flags = ds.mask_flag_enums[0]
     return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+
+def undeclared_alpha_band(ds: Any, bands: Sequence[int], max_side: int = 1024) -> int | None:
+    """A band that is an alpha band in all but name, or None.
+
+    Some orthophoto writers (a point cloud rasterised to RGBA, for one) store a 0/255 coverage band without tagging
+    it as alpha: GDAL then reports every pixel valid and the map's holes read as black ground. Such a band is taken as
+    the mask when the file declares no mask of its own, the band is not one of the colour ``bands``, its colour
+    interpretation is undefined or alpha, and a decimated read of it (at most ``max_side`` px per side) holds only
+    0 and the dtype's maximum, both present. A near-infrared band (NAIP's fourth) has many values and never qualifies.
+    """
+    from rasterio.enums import ColorInterp
+
+    if dataset_has_mask(ds) or not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
+        return None
+    top = np.iinfo(np.dtype(ds.dtypes[0])).max
+    scale = min(1.0, max_side / max(ds.width, ds.height))
+    shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
+    for b in range(1, ds.count + 1):
+        if b in bands or ds.colorinterp[b - 1] not in (ColorInterp.undefined, ColorInterp.alpha):
+            continue
+        values = np.unique(ds.read(b, out_shape=shape))
+        if values.tolist() == [0, top]:
+            return b
+    return None
 
 
 def _valid_from_raw(raw: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -328,6 +380,7 @@ def compute_read_spec(
     stretch: Literal["auto", "none", "percentile"] = "auto",
     percentiles: tuple[float, float] = (1.0, 99.0),
     stats_max_side: int = 1024,
+    alpha_band: int | Literal["auto"] | None = "auto",
 ) -> RasterReadSpec:
     """Decide a raster's read recipe once (at build time), including its percentile-stretch limits.
 
@@ -338,6 +391,8 @@ def compute_read_spec(
         stretch: ``auto`` (uint8 unchanged, other dtypes stretched), ``none`` or ``percentile``.
         percentiles: low/high percentiles of the stretch over valid pixels.
         stats_max_side: the statistics use a read decimated to at most this many pixels per side.
+        alpha_band: a band whose 0 marks invalid pixels although the file does not declare it, ``auto`` (detect it:
+            :func:`undeclared_alpha_band`) or None.
 
     Returns:
         The recipe; its stretch limits equal ``topicgeo.data.raster.GeoRaster.stretch_limits`` for rasters without
@@ -360,6 +415,9 @@ def compute_read_spec(
         file_nodata = ds.nodata if nodata is None else nodata
         file_nodata = None if file_nodata is None else float(file_nodata)
         use_mask = dataset_has_mask(ds)
+        alpha = undeclared_alpha_band(ds, bands) if alpha_band == "auto" else alpha_band
+        if alpha is not None and not 1 <= int(alpha) <= ds.count:
+            raise MapCacheError(f"raster {path} has {ds.count} bands; cannot read alpha band {alpha}")
         dtype = str(ds.dtypes[0])
         limits = None
         if stretch == "percentile" or (stretch == "auto" and dtype != "uint8"):
@@ -369,6 +427,8 @@ def compute_read_spec(
             valid = _valid_from_raw(raw, file_nodata)
             if use_mask:
                 valid &= ds.read_masks(int(bands[0]), out_shape=(out_h, out_w)) > 0
+            if alpha is not None:
+                valid &= ds.read(int(alpha), out_shape=(out_h, out_w)) > 0
             if not valid.any():
                 raise MapCacheError(f"raster {path} has no valid pixel (nodata={file_nodata})")
             pairs = []
@@ -380,12 +440,38 @@ def compute_read_spec(
                 pairs.append((lo, hi))
             limits = tuple(pairs)
     return RasterReadSpec(bands=tuple(int(b) for b in bands), nodata=file_nodata, use_mask=use_mask,  # type: ignore[arg-type]
-                          stretch=limits)  # type: ignore[arg-type]
+                          stretch=limits, alpha_band=alpha)  # type: ignore[arg-type]
+
+
+def overview_reduce(image: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decimate by an integer factor: each output pixel is the rounded mean of the valid pixels of its
+    ``factor x factor`` block, valid when any of them is (0 otherwise), as GDAL's averaging overviews: a sparse
+    raster (a point-cloud orthophoto with pixel-sized holes) gets denser on its overviews.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 with ``H`` and ``W`` multiples of ``factor``. valid: ``(H, W)`` bool.
+
+    Returns:
+        ``(H / factor, W / factor, 3)`` uint8 and ``(H / factor, W / factor)`` bool.
+    """
+    if factor == 1:
+        return image, valid
+    h, w = valid.shape
+    if h % factor or w % factor or image.shape != (h, w, 3):
+        raise ValueError(f"overview_reduce needs (H, W, 3) / (H, W) with sides divisible by {factor}, got "
+                         f"{image.shape} / {valid.shape}")
+    oh, ow = h // factor, w // factor
+    count = valid.reshape(oh, factor, ow, factor).sum(axis=(1, 3))
+    total = (image.astype(np.uint32) * valid[..., None]).reshape(oh, factor, ow, factor, 3).sum(axis=(1, 3))
+    out_valid = count > 0
+    mean = (total + count[..., None] // 2) // np.maximum(count, 1)[..., None]
+    return np.where(out_valid[..., None], mean, 0).astype(np.uint8), out_valid
 
 
 class RasterSource:
     """Windowed uint8 RGB reads of one raster following a :class:`RasterReadSpec` (lazy, thread-safe handle).
 
+    With ``spec.overview`` > 1 the reads address the decimated raster (``width`` / ``height`` are its size).
     The file handle is re-opened after pickling (Ray workers get their own).
     """
 
@@ -395,9 +481,11 @@ class RasterSource:
         self._ds: Any = None
         self._lock = threading.Lock()
         ds = self._dataset()
-        self.width = int(ds.width)
-        self.height = int(ds.height)
-        bad = [b for b in spec.bands if b > ds.count]
+        self.native_width = int(ds.width)
+        self.native_height = int(ds.height)
+        self.width = -(-self.native_width // spec.overview)  # ceil: a partial last block is a (partly valid) pixel
+        self.height = -(-self.native_height // spec.overview)
+        bad = [b for b in (*spec.bands, spec.alpha_band or 1) if b > ds.count]
         if bad:
             raise MapCacheError(f"raster {self.path} has {ds.count} bands; the read spec wants {spec.bands}")
 
@@ -432,22 +520,31 @@ class RasterSource:
         Returns:
             ``image`` ``(height, width, 3)`` uint8 RGB (0 where invalid) and ``valid`` ``(height, width)`` bool.
         """
-        from rasterio.windows import Window
-
         x0, y0, width, height = int(x0), int(y0), int(width), int(height)
         if width < 1 or height < 1:
             raise MapCacheError(f"window size must be positive, got {width}x{height}")
+        f = self.spec.overview
+        image, valid = self._read_native(x0 * f, y0 * f, width * f, height * f)
+        return overview_reduce(image, valid, f)
+
+    def _read_native(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        from rasterio.windows import Window
+
         image = np.zeros((height, width, 3), dtype=np.uint8)
         valid = np.zeros((height, width), dtype=bool)
         cx0, cy0 = max(0, x0), max(0, y0)
-        cx1, cy1 = min(self.width, x0 + width), min(self.height, y0 + height)
+        cx1, cy1 = min(self.native_width, x0 + width), min(self.native_height, y0 + height)
         if cx1 <= cx0 or cy1 <= cy0:
             return image, valid
         window = Window(cx0, cy0, cx1 - cx0, cy1 - cy0)
         with self._lock:
             ds = self._dataset()
-            raw = ds.read(list(self.spec.bands), window=window)
+            extra = [] if self.spec.alpha_band is None else [self.spec.alpha_band]
+            raw = ds.read([*self.spec.bands, *extra], window=window)  # one decode of each block
             mask = ds.read_masks(self.spec.bands[0], window=window) > 0 if self.spec.use_mask else None
+        if extra:
+            alpha, raw = raw[3] > 0, raw[:3]
+            mask = alpha if mask is None else mask & alpha
         inside = _valid_from_raw(raw, self.spec.nodata)
         if mask is not None:
             inside &= mask
@@ -529,8 +626,12 @@ class TileGrid:
 class CachedMap:
     """One map of a cache: its record, memory-mapped features and a lazily opened source raster.
 
+    An overview level of a map (``read_spec.overview`` > 1) is an entry of its own, on the decimated pixel grid
+    (:meth:`MapGeoref.overview`), with ``base_id`` naming the map it decimates; :attr:`to_base_px` takes its pixel
+    coordinates to the map's.
+
     Attributes:
-        map_id: the source file's stem.
+        map_id: the source file's stem (``<stem>@<factor>x`` for an overview level).
         source: manifest record of the source raster (``path``, ``name``, ``size``, ``sha256``).
         georef: pixel <-> world <-> WGS84 geometry.
         read_spec: radiometric recipe of the source (used by :meth:`read_roi`).
@@ -557,6 +658,23 @@ class CachedMap:
     def n_tiles(self) -> int:
         """Number of tiles (including tiles without any valid cell)."""
         return int(self.origins.shape[0])
+
+    @property
+    def overview(self) -> int:
+        """Decimation factor of this entry's pixel grid (1: the map's own pixels)."""
+        return self.read_spec.overview
+
+    @property
+    def base_id(self) -> str:
+        """Id of the map this entry shows (its own id unless it is an overview level)."""
+        return str(self.record.get("base_id", self.map_id))
+
+    @property
+    def to_base_px(self) -> np.ndarray:
+        """``(3, 3)`` float64 affine from this entry's pixel-centre coordinates to the base map's (identity for a
+        native entry): pixel ``u`` of a factor-``f`` overview is centred on base pixel ``f u + (f - 1) / 2``."""
+        f = float(self.overview)
+        return np.array([[f, 0.0, (f - 1.0) / 2.0], [0.0, f, (f - 1.0) / 2.0], [0.0, 0.0, 1.0]])
 
     def encoded_tiles(self) -> np.ndarray:
         """``(K,)`` int64 indices of the tiles with at least one valid cell."""
@@ -621,11 +739,13 @@ class CachedMap:
 
 @dataclass
 class MapCache:
-    """An opened cache: the manifest and every map by id (in build order)."""
+    """An opened cache: the manifest, every map by id (in build order) and the maps' overview levels by entry id
+    (``<stem>@<factor>x``; used by the locator when a scale prior says a frame covers more than a tile)."""
 
     root: Path
     manifest: dict[str, Any]
     maps: dict[str, CachedMap]
+    overviews: dict[str, CachedMap] = field(default_factory=dict)
 
     @property
     def bundle_id(self) -> str:
@@ -644,15 +764,19 @@ class MapCache:
 
     @property
     def n_tiles(self) -> int:
-        """Tiles over all maps."""
-        return sum(m.n_tiles for m in self.maps.values())
+        """Tiles over all maps and overview levels."""
+        return sum(m.n_tiles for m in self.entries())
 
     def map(self, map_id: str) -> CachedMap:
-        """The map ``map_id``; :class:`MapCacheError` listing the known ids otherwise."""
-        try:
-            return self.maps[map_id]
-        except KeyError:
-            raise MapCacheError(f"cache {self.root} has no map {map_id!r} (has {self.map_ids})") from None
+        """The map (or overview level) ``map_id``; :class:`MapCacheError` listing the known ids otherwise."""
+        entry = self.maps.get(map_id) or self.overviews.get(map_id)
+        if entry is None:
+            raise MapCacheError(f"cache {self.root} has no map {map_id!r} (has {self.map_ids})")
+        return entry
+
+    def entries(self) -> list[CachedMap]:
+        """Every map and overview level, maps first."""
+        return [*self.maps.values(), *self.overviews.values()]
 
     def read_roi(self, map_id: str, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`CachedMap.read_roi` of map ``map_id``."""
@@ -660,13 +784,13 @@ class MapCache:
 
     def iter_tiles(self) -> Iterator[tuple[str, int]]:
         """``(map_id, tile_index)`` of every tile with at least one valid cell, in build order."""
-        for map_id, entry in self.maps.items():
+        for entry in self.entries():
             for k in entry.encoded_tiles():
-                yield map_id, int(k)
+                yield entry.map_id, int(k)
 
     def close(self) -> None:
         """Close source raster handles (the memory maps close with the arrays)."""
-        for entry in self.maps.values():
+        for entry in self.entries():
             entry.close()
 
 
@@ -779,12 +903,18 @@ def _open_map_cache(
     dirs = tuple(Path(d) for d in source_dirs)
     coarse_dim = int(manifest["bundle"]["coarse_dim"])
     maps: dict[str, CachedMap] = {}
+    overviews: dict[str, CachedMap] = {}
     for rec in manifest["maps"]:
         map_id = str(rec["id"])
         grid = TileGrid.from_dict(rec["grid"])
         n, cells = grid.n_tiles, grid.cells_per_tile
         files = rec["files"]
-        maps[map_id] = CachedMap(
+        base_id = str(rec.get("base_id", map_id))
+        level = int(rec["read"].get("overview", 1))
+        if (base_id != map_id) != (level > 1) or (level > 1 and base_id not in maps):
+            raise MapCacheError(f"entry {map_id!r}: overview {level} of map {base_id!r}, which must be a map listed "
+                                f"before it (and only overview levels name another map)")
+        (overviews if level > 1 else maps)[map_id] = CachedMap(
             map_id=map_id,
             source=dict(rec["source"]),
             georef=MapGeoref.from_dict(rec["georef"]),
@@ -796,6 +926,6 @@ def _open_map_cache(
             record=rec,
             search_dirs=(*dirs, root),
         )
-    logger.info("map cache %s: %d maps, %d tiles, bundle %s", root, len(maps), sum(m.n_tiles for m in maps.values()),
-                manifest["bundle"]["bundle_id"])
-    return MapCache(root=root, manifest=manifest, maps=maps)
+    logger.info("map cache %s: %d maps (+%d overview levels), %d tiles, bundle %s", root, len(maps), len(overviews),
+                sum(m.n_tiles for m in [*maps.values(), *overviews.values()]), manifest["bundle"]["bundle_id"])
+    return MapCache(root=root, manifest=manifest, maps=maps, overviews=overviews)

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,6 +91,14 @@ class BuildConfig:
         bounds_crs: CRS of ``bounds`` (any pyproj input, default WGS84 lon/lat).
         nodata: overrides the rasters' nodata value.
         bands: R, G, B band indices (``None`` = 1, 2, 3, or band 1 for 1-2 band rasters).
+        alpha_band: a band whose 0 marks invalid pixels although the file does not declare it as alpha: ``auto``
+            detects a 0/255 coverage band (:func:`edge_runtime.map_cache.undeclared_alpha_band`), an index names
+            one, None reads none.
+        overviews: decimation factors of the overview levels cached besides each map (``<stem>@<f>x``). A level is
+            built only while its longer side still spans a tile (coarser ones would hold the whole map in less than
+            a tile). The locator matches a frame on the level where its footprint, brought to the network's scale
+            ratio, fits a tile (a drone frame at 40 m over a 0.1 m orthophoto covers ~680 map px: 0.2 m suits it);
+            without a scale prior only the maps themselves are searched. Cost: at most a third more tiles.
         overwrite: replace an existing cache at the output path.
         fresh: discard an unfinished build of a different plan instead of failing.
         progress: show a tqdm progress bar.
@@ -110,6 +118,8 @@ class BuildConfig:
     bounds_crs: str = "EPSG:4326"
     nodata: float | None = None
     bands: tuple[int, int, int] | None = None
+    alpha_band: int | Literal["auto"] | None = "auto"
+    overviews: tuple[int, ...] = (2, 4, 8)
     overwrite: bool = False
     fresh: bool = False
     progress: bool = True
@@ -137,6 +147,11 @@ class BuildConfig:
                 raise ValueError(f"bounds need east > west and north > south, got {self.bounds}")
         if self.bands is not None and (len(self.bands) != 3 or any(b < 1 for b in self.bands)):
             raise ValueError(f"bands must be three 1-based band indices, got {self.bands}")
+        if self.alpha_band is not None and self.alpha_band != "auto" and (
+                not isinstance(self.alpha_band, int) or self.alpha_band < 1):
+            raise ValueError(f"alpha_band must be 'auto', None or a 1-based band index, got {self.alpha_band!r}")
+        if any(int(f) != f or f < 2 for f in self.overviews) or list(self.overviews) != sorted(set(self.overviews)):
+            raise ValueError(f"overviews must be increasing integer factors >= 2, got {self.overviews}")
 
     def backend_choice(self) -> BackendChoice:
         """The backend the encoder runs on."""
@@ -154,16 +169,27 @@ class MapPlan:
     georef: MapGeoref
     read_spec: RasterReadSpec
     grid: TileGrid
+    base_id: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """The map's manifest record (ids, source, georeference, radiometry, grid)."""
-        return {
+        """The map's manifest record (ids, source, georeference, radiometry, grid; ``base_id`` of an overview)."""
+        rec = {
             "id": self.map_id,
             "source": {"path": str(self.path), "name": self.path.name, "size": self.size, "sha256": self.sha256},
             "georef": self.georef.to_dict(),
             "read": self.read_spec.to_dict(),
             "grid": self.grid.to_dict(),
         }
+        if self.base_id is not None:
+            rec["base_id"] = self.base_id
+        return rec
+
+    def overview(self, factor: int, encoder: EncoderSpec, overlap: float) -> MapPlan:
+        """The plan of this map's overview level decimated by ``factor``."""
+        georef = self.georef.overview(factor)
+        return replace(self, map_id=f"{self.map_id}@{factor}x", georef=georef, base_id=self.map_id,
+                       read_spec=replace(self.read_spec, overview=factor),
+                       grid=make_grid(georef.width, georef.height, encoder.tile_size, overlap, encoder.cell))
 
     def files(self) -> dict[str, str]:
         """Array name -> path relative to the cache root."""
@@ -307,7 +333,10 @@ def plan_map(path: str | os.PathLike[str], config: BuildConfig, encoder: Encoder
     try:
         with open_raster(path) as ds:
             georef = _georef(path, ds, config)
-        spec = compute_read_spec(path, bands=config.bands, nodata=config.nodata)
+        spec = compute_read_spec(path, bands=config.bands, nodata=config.nodata, alpha_band=config.alpha_band)
+        if spec.alpha_band is not None and config.alpha_band == "auto":
+            logger.warning("map %s: band %d holds only 0 and the maximum value and the file declares no mask: read as "
+                           "the alpha band (0 = no data; --alpha-band none reads every pixel)", path, spec.alpha_band)
     except MapCacheError as exc:
         raise MapsError(f"map {path}: {exc}") from exc
     grid = make_grid(georef.width, georef.height, encoder.tile_size, config.overlap, encoder.cell)
@@ -335,12 +364,17 @@ def plan_maps(paths: Sequence[str | os.PathLike[str]], config: BuildConfig, enco
             raise MapsError(f"maps {ids[stem]} and {p} have the same id {stem!r} (the file stem); rename one")
         ids[stem] = Path(p)
     plans = [plan_map(p, config, encoder) for p in paths]
+    levels = [p.overview(f, encoder, config.overlap) for p in plans for f in config.overviews
+              if max(p.georef.overview(f).width, p.georef.overview(f).height) >= encoder.tile_size]
     placed = [p.map_id for p in plans if p.georef.source == "bounds"]
     if len(placed) > 1:
         raise MapsError(f"--bounds places one image, but {len(placed)} maps lack a CRS: {placed}")
     if (config.bounds is not None or config.gsd is not None) and not any(p.georef.source != "file" for p in plans):
         logger.warning("--gsd/--bounds given but every map has its own georeference; they are not used")
-    return plans
+    for level in levels:
+        logger.info("overview %s: %dx%d px, GSD %.3f m, %dx%d tiles", level.map_id, level.georef.width,
+                    level.georef.height, level.georef.gsd_m, level.grid.nx, level.grid.ny)
+    return plans + levels
 
 
 def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, plans: Sequence[MapPlan]) -> dict:
@@ -617,9 +651,10 @@ def build_cache(
     seconds = time.perf_counter() - start
     size = sum((out / name).stat().st_size for name in manifest["files"]) + (out / MANIFEST).stat().st_size
     encoded = sum(m["stats"]["tiles_encoded"] for m in manifest["maps"])
+    native = [p for p in plans if p.base_id is None]  # area and pixels of the maps, not counting their overviews
     summary = BuildSummary(
-        out=out, maps=tuple(p.map_id for p in plans), km2=sum(p.georef.area_km2 for p in plans),
-        pixels=sum(p.georef.width * p.georef.height for p in plans), tiles=total, tiles_encoded=encoded,
+        out=out, maps=tuple(p.map_id for p in native), km2=sum(p.georef.area_km2 for p in native),
+        pixels=sum(p.georef.width * p.georef.height for p in native), tiles=total, tiles_encoded=encoded,
         tiles_empty=total - encoded, tiles_resumed=resumed, seconds=seconds, megabytes=size / 1e6,
         tile_size=encoder.tile_size, executor=config.executor,
     )

@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--nodata", type=float, default=None, help="override the maps' nodata value")
     b.add_argument("--bands", type=int, nargs=3, metavar=("R", "G", "B"), default=None,
                    help="1-based band indices read as RGB (default 1 2 3)")
+    b.add_argument("--alpha-band", type=_alpha, default="auto",
+                   help="band whose 0 marks no-data pixels though the file does not declare it: auto (detect a 0/255 "
+                   "coverage band), none, or a 1-based index (default auto)")
+    b.add_argument("--overviews", type=_factors, default=BuildConfig.overviews,
+                   help="decimation factors of the overview levels cached besides each map, comma-separated, or "
+                   "'none' (default 2,4,8; a level is built while it still spans a tile)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     b.add_argument("--fresh", action="store_true", help="discard an unfinished build of a different plan")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,13 +89,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _alpha(text: str) -> int | str | None:
+    """``--alpha-band``: ``auto``, ``none`` or a 1-based band index."""
+    if text.strip().lower() in ("auto", "none"):
+        return None if text.strip().lower() == "none" else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a band index, got {text!r}") from None
+
+
+def _factors(text: str) -> tuple[int, ...]:
+    """``--overviews``: ``2,4,8`` -> ``(2, 4, 8)``; ``none`` or empty -> ``()``."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'none', got {text!r}") from None
+
+
 def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         overlap=args.overlap, tile_size=args.tile_size, min_valid_fraction=args.min_valid, executor=args.executor,
         ray_address=args.ray_address, tiles_per_task=args.tiles_per_task, backend=args.backend, device=args.device,
         threads=args.threads, gsd=args.gsd, bounds=tuple(args.bounds) if args.bounds else None,
         bounds_crs=args.bounds_crs, nodata=args.nodata, bands=tuple(args.bands) if args.bands else None,
-        overwrite=args.overwrite, fresh=args.fresh, progress=not args.no_progress,
+        alpha_band=args.alpha_band, overviews=args.overviews, overwrite=args.overwrite, fresh=args.fresh,
+        progress=not args.no_progress,
     )
     summary = build_cache(args.bundle, args.maps, args.out, config)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else summary.text())
@@ -107,14 +134,15 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     cache = open_map_cache(path, verify=False)
     root = Path(path)
     maps = []
-    for map_id, entry in cache.maps.items():
-        geo = entry.georef
+    for entry in cache.entries():
+        map_id, geo = entry.map_id, entry.georef
         center = np.array([[(geo.width - 1) / 2.0, (geo.height - 1) / 2.0]])
         lonlat = geo.pixels_to_lonlat(center)[0].tolist() if geo.crs_wkt is not None else None
         size = sum((root / rel).stat().st_size for rel in entry.record["files"].values())
         stats = entry.record["stats"]
         maps.append({
-            "id": map_id, "source": entry.source["path"], "epsg": geo.epsg, "georef": geo.source,
+            "id": map_id, "overview": entry.overview, "source": entry.source["path"], "epsg": geo.epsg,
+            "georef": geo.source,
             "size_px": [geo.width, geo.height], "gsd_m": geo.gsd_m, "km2": geo.area_km2,
             "tiles": entry.n_tiles, "grid": [entry.grid.nx, entry.grid.ny], "tiles_encoded": stats["tiles_encoded"],
             "valid_cells_pct": 100.0 * stats["valid_cells"] / max(1, stats["cells"]),

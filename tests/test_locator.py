@@ -337,7 +337,8 @@ def test_maps_of_nearly_equal_gsd_share_one_query_scale() -> None:
     gsds = {"a": 0.5000, "b": 0.5004, "c": 0.4990, "d": 0.25}
     fake = object.__new__(Locator)
     fake.cells = dict.fromkeys(gsds)
-    fake.cache = SimpleNamespace(map=lambda m: SimpleNamespace(georef=SimpleNamespace(gsd_m=gsds[m])))
+    fake.cache = SimpleNamespace(map=lambda m: SimpleNamespace(georef=SimpleNamespace(gsd_m=gsds[m]), base_id=m,
+                                                               overview=1))
     fake.query_size, fake.config = 512, LocatorConfig()
     plans = fake.query_plans((900, 1600), Priors(frame_gsd_m=0.05), None)
     assert [sorted(p.map_ids) for p in plans] == [["d"], ["a", "b", "c"]]

@@ -118,14 +118,15 @@ def test_a_frame_of_somewhere_else_is_not_located(locator: Locator, data_dir: Pa
 
 
 def test_each_map_gsd_gets_a_query_at_its_own_scale(locator: Locator) -> None:
-    """The bundled cache mixes a 0.25 m and a 0.5 m orthophoto: with an altitude prior each map is searched with the
+    """The bundled cache mixes a 0.1 m and a 0.5 m orthophoto: with an altitude prior each map is searched with the
     frame at ``target_ratio`` times its footprint in that map's pixels (one GSD for both would show the 0.5 m map a
-    query at twice the trained scale ratio)."""
+    query at twice the trained scale ratio), the 0.1 m one on its 2x overview level: the frame covers ~680 of its
+    pixels, more than the 512 px canvas shows at a ratio of 1."""
     path = DEMO / "frames" / "DJI_0027.JPG"
     frame = read_frame(path)
     priors, camera = frame_priors(path, frame.shape[:2], None, None, True, PHANTOM3_SENSOR_WIDTH_MM)
     plans = locator.query_plans(frame.shape[:2], priors, camera)
-    assert sorted(m for p in plans for m in p.map_ids) == sorted(locator.cells)  # every map exactly once
+    assert sorted(m for p in plans for m in p.map_ids) == ["brighton_laz_0p10m@2x", "brighton_odm_0p5m"]
     assert len(plans) == 2
     frame_gsd = priors.altitude_agl_m / np.sqrt(camera.fx * camera.fy)
     for plan in plans:
@@ -134,11 +135,13 @@ def test_each_map_gsd_gets_a_query_at_its_own_scale(locator: Locator) -> None:
         assert plan.expected_px[map_id] == pytest.approx(expected)
         ratio = locator.config.target_ratio
         assert plan.content_px == pytest.approx(min(locator.query_size, ratio * expected), abs=0.5)
+        assert plan.content_px / plan.expected_px[map_id] >= locator.config.min_overview_ratio
     assert plans[0].content_px > 1.5 * plans[1].content_px  # the finer map sees the larger query
+    on_native = max(frame.shape[:2]) * frame_gsd / locator.cache.map("brighton_laz_0p10m").georef.gsd_m
+    assert on_native > locator.query_size  # why the level: the frame would not fit the canvas at ratio 1
     unscaled = locator.query_plans(frame.shape[:2], Priors(), None)
     assert [(p.content_px, p.map_ids) for p in unscaled] == [
-        (s * locator.query_size, None) for s in locator.config.content_scales]
-
+        (s * locator.query_size, frozenset(locator.cache.maps)) for s in locator.config.content_scales]
 
 
 @pytest.mark.slow
