@@ -111,7 +111,8 @@ class BenchConfig:
         threads: torch / OpenCV threads of the peers and OMP_NUM_THREADS of every process (0 = library defaults).
         loftr_pairs: timed LoFTR query/tile pairs.
         query_size: the project's exported query size (and LoFTR's pair size).
-        tile_size: the project's exported tile size.
+        tile_size: the project's exported tile size (None: the checkpoint's training reference-window size, as
+            ``edge-export`` chooses by default).
         work: scratch folder (bundles, caches, query images, mosaics); None = a temporary folder.
         keep_work: keep the scratch folder.
         timeout_s: limit per process.
@@ -139,7 +140,7 @@ class BenchConfig:
     threads: int = 0
     loftr_pairs: int = 3
     query_size: int = 512
-    tile_size: int = 1024
+    tile_size: int | None = None
     work: Path | None = None
     keep_work: bool = False
     timeout_s: float = 7200.0
@@ -156,7 +157,7 @@ class BenchConfig:
             if k not in ("fp32", "fp16", "trt"):
                 raise ValueError(f"bundle key must be fp32, fp16 or trt, got {k!r}")
         for name in ("naip_queries", "latency_queries", "loftr_pairs", "peer_tile", "query_size", "tile_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_sjer_queries", "brighton_frames"):
             v = getattr(self, name)
@@ -247,8 +248,9 @@ class Bench:
             if out.exists():
                 shutil.rmtree(out)
             cmd = self._py("export.cli", "--checkpoint", str(self.config.checkpoint), "--precision", PRECISION[method],
-                           "--query-size", str(self.config.query_size), "--tile-size", str(self.config.tile_size),
-                           "--out", str(out))
+                           "--query-size", str(self.config.query_size), "--out", str(out))
+            if self.config.tile_size is not None:
+                cmd += ["--tile-size", str(self.config.tile_size)]
             if key != "trt":
                 cmd.append("--no-engines")
             self._check_call(cmd, f"edge-export ({key})")
@@ -593,6 +595,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-work", action="store_true")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per process")
     p.add_argument("--label", default=None, help="subset label stored with the results")
+    p.add_argument("--tile-size", type=int, default=None,
+                   help="map tile side of the exported bundles (default: the checkpoint's training size, 512 px for "
+                   "the CPU reference)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -618,7 +623,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         brighton_frames=args.brighton_frames, latency_queries=args.latency_queries, areas_km2=areas,
         peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
         peer_min_inliers=args.peer_min_inliers, sensor_width_mm=args.sensor_width_mm,
-        threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work,
+        threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work, tile_size=args.tile_size,
         keep_work=args.keep_work, timeout_s=args.timeout, label=args.label)
 
 

@@ -120,12 +120,6 @@ class LocatorConfig:
             footprint extrapolates wildly.
         homography_gain: see ``geometry``.
         max_scale_error: with an altitude prior, the found scale may differ by at most this factor.
-        max_tilt_error_deg: with a roll and pitch prior (a gimbal's), the camera position comes from the prior's tilt
-            (:func:`camera_position_from_attitude`) instead of the 6-DoF PnP pose, whose tilt trades off against
-            translation over flat ground when the matches cover part of the frame (Brighton Beach, gimbal at -89.9
-            degrees: PnP returned a 54 degree roll and a camera 40 m from the SfM one, where the attitude-aided
-            position was 1.1 m off). The PnP pose is still solved and reported as the attitude when its tilt is within
-            this many degrees of the prior's.
         max_heading_error_deg: with a yaw prior, the found heading (image top, clockwise from grid north) may differ
             from it by at most this many degrees. A compass and gimbal yaw are good to a few degrees and grid north
             is within ~2 degrees of true north in UTM; a fit that turns the north-up frame by more than that has
@@ -169,7 +163,6 @@ class LocatorConfig:
     homography_gain: float = HOMOGRAPHY_GAIN
     max_scale_error: float = 2.0
     max_heading_error_deg: float = 15.0
-    max_tilt_error_deg: float = 10.0
     prior_radius_m: float = 150.0
     refine: bool = True
     refine_max_ratio: float = 2.0
@@ -201,8 +194,6 @@ class LocatorConfig:
         if self.refine_max_ratio < 1 or self.refine_gate_cells < 0 or self.refine_min_first_inliers < 0:
             raise ValueError(f"refine_max_ratio must be >= 1, refine_gate_cells and refine_min_first_inliers >= 0, "
                              f"got {self.refine_max_ratio}, {self.refine_gate_cells}, {self.refine_min_first_inliers}")
-        if not 0 < self.max_tilt_error_deg <= 90:
-            raise ValueError(f"max_tilt_error_deg must lie in (0, 90], got {self.max_tilt_error_deg}")
         if not 0 < self.max_heading_error_deg <= 180:
             raise ValueError(f"max_heading_error_deg must lie in (0, 180], got {self.max_heading_error_deg}")
 
@@ -935,9 +926,11 @@ class Locator:
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
             altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
-            pose = self._camera_pose(in_f, in_r, entry, camera)
             if priors.roll_deg is not None and priors.pitch_deg is not None:
-                # the prior's tilt and the fit's heading and scale place the camera (see max_tilt_error_deg)
+                # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
+                # over flat ground with matches in part of the frame its tilt trades off against its translation
+                # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
+                # one, where this position was 1.1 m off).
                 rectified = camera.P is not None and np.any(np.asarray(camera.D) != 0)  # the frame was undistorted
                 k = np.asarray(camera.P)[:3, :3] if rectified else np.asarray(camera.K)
                 principal = project_points(H, np.array([[float(k[0, 2]), float(k[1, 2])]]))
@@ -948,13 +941,10 @@ class Locator:
                     entry.georef.world_to_pixels(np.array([[east, north]])))[0]
                 map_xy = (float(east), float(north))
                 extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
-                if pose is not None:
-                    tilt = off_nadir_deg(pose.roll_deg, pose.pitch_deg)
-                    expected = off_nadir_deg(priors.roll_deg, priors.pitch_deg)
-                    if abs(tilt - expected) <= self.config.max_tilt_error_deg:
-                        attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
-                    extra.update({"pose_rms_px": pose.rms_px, "pnp_tilt_deg": tilt})
-                    pose = None
+                attitude = (float(priors.roll_deg), float(priors.pitch_deg), float(heading))
+                pose = None
+            else:
+                pose = self._camera_pose(in_f, in_r, entry, camera)
             if pose is not None:
                 east, north = pose.position[0], pose.position[1]
                 position_lonlat = entry.georef.pixels_to_lonlat(
@@ -1018,13 +1008,6 @@ def camera_position_from_attitude(ground_en: np.ndarray, altitude_m: float, yaw_
         raise ValueError(f"the attitude (pitch {pitch_deg}, roll {roll_deg}) does not look at the ground")
     t = altitude_m / -axis[2]
     return float(ground_en[0] - t * axis[0]), float(ground_en[1] - t * axis[1])
-
-
-def off_nadir_deg(roll_deg: float, pitch_deg: float) -> float:
-    """Angle between the optical axis and the vertical for a roll / pitch in the project's attitude convention
-    (``calibration.geometry``: Z-Y-X Euler angles, nadir = 0, 0): ``arccos(cos(roll) cos(pitch))`` in degrees."""
-    c = math.cos(math.radians(roll_deg)) * math.cos(math.radians(pitch_deg))
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
 def heading_difference(a_deg: float, b_deg: float) -> float:

@@ -49,7 +49,8 @@ class LocateResult:
         footprint_lonlat: ``(4, 2)`` the same corners as WGS84 ``[lon, lat]``.
         heading_deg: direction of the image top, degrees clockwise from grid north of the map.
         altitude_agl_m: altitude above ground estimated from the scale (or the 6-DoF pose when calibrated).
-        attitude_deg: ``(roll, pitch, yaw)`` when a calibrated 6-DoF pose was computed.
+        attitude_deg: ``(roll, pitch, yaw)``: a calibrated 6-DoF pose's, or the attitude prior's roll and pitch with the
+            fitted heading when the camera position came from them.
         std_m: 1-sigma horizontal uncertainty ``(east, north)`` in metres.
         confidence: retrieval / geometric confidence in [0, 1]. inliers: homography inliers.
         latency_ms: per stage, with ``total``.

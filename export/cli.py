@@ -7,6 +7,24 @@ import logging
 import sys
 from pathlib import Path
 
+DEFAULT_SIZES = (512, 1024)  # query, tile: for checkpoints that do not record their training sizes
+
+
+def training_sizes(checkpoint: Path) -> tuple[int, int]:
+    """The query and reference-window sides a checkpoint was trained at (``train_config.data``), the sizes its
+    bundle should run at: map tiles of another size change the coarse grid the network sees (on the CPU reference,
+    1024 px tiles lost accuracy on every suite against its 512 px training windows,
+    ``benchmarks/results/2026-11-25_cpu_subset_tile512``). ``DEFAULT_SIZES`` when not recorded."""
+    from topicgeo.checkpoint import read_checkpoint
+
+    data = (read_checkpoint(checkpoint).get("train_config") or {}).get("data") or {}
+    query, tile = data.get("query_size"), data.get("ref_size")
+    if not (isinstance(query, int) and isinstance(tile, int)):
+        logging.getLogger(__name__).warning("%s does not record its training sizes: query %d, tiles %d px", checkpoint,
+                                            *DEFAULT_SIZES)
+        return DEFAULT_SIZES
+    return query, tile
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-export``."""
@@ -21,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         "'edge-export topics --help' encodes prompt embeddings.")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--precision", default="fp16", help="fp16 or fp32")
-    parser.add_argument("--query-size", type=int, default=512)
-    parser.add_argument("--tile-size", type=int, default=1024)
+    parser.add_argument("--query-size", type=int, default=None,
+                        help="query canvas side (default: the checkpoint's training query size, else 512)")
+    parser.add_argument("--tile-size", type=int, default=None,
+                        help="map tile side (default: the checkpoint's training reference-window size, else 1024)")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
@@ -32,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from export.bundle_writer import ExportConfig, export_bundle
 
     try:
-        config = ExportConfig(args.precision, args.query_size, args.tile_size, args.opset, not args.no_engines)
+        query_size, tile_size = training_sizes(args.checkpoint)
+        query_size = args.query_size or query_size
+        tile_size = args.tile_size or tile_size
+        config = ExportConfig(args.precision, query_size, tile_size, args.opset, not args.no_engines)
         out = export_bundle(args.checkpoint, args.out, config, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"edge-export: error: {exc}", file=sys.stderr)

@@ -291,3 +291,25 @@ def test_tensorrt_engines_match_onnxruntime(tiny_checkpoint: Path, real_pair, tm
     a, b = trt.run(feeds), ort32.run(feeds)
     for name in ("coarse", "fine1", "fine2"):
         assert _rel(a[name], b[name]) < TRT_FP16_RTOL, name
+
+
+def test_bundle_sizes_default_to_the_checkpoints_training_sizes(tiny_checkpoint: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """``edge-export`` without sizes exports at the query / reference-window sides the checkpoint was trained with
+    (the committed reference: 512 / 512), and warns and falls back to 512 / 1024 for a checkpoint without them."""
+    import torch
+
+    from export.cli import DEFAULT_SIZES, training_sizes
+
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    recorded = tmp_path / "recorded.pt"
+    torch.save({**payload, "train_config": {"data": {"query_size": 384, "ref_size": 640}}}, recorded)
+    assert training_sizes(recorded) == (384, 640)
+    bare = tmp_path / "bare.pt"
+    torch.save({k: v for k, v in payload.items() if k != "train_config"}, bare)
+    with caplog.at_level("WARNING"):
+        assert training_sizes(bare) == DEFAULT_SIZES
+    assert "does not record its training sizes" in caplog.text
+    reference = Path(__file__).resolve().parent.parent / "topicgeo" / "assets" / "topicgeo_cpu.pt"
+    if reference.exists():
+        assert training_sizes(reference) == (512, 512)

@@ -22,7 +22,6 @@ from edge_runtime.locator import (
     Locator,
     LocatorConfig,
     camera_position_from_attitude,
-    off_nadir_deg,
     overview_for_frame,
 )
 from edge_runtime.map_cache import (
@@ -213,8 +212,8 @@ def test_camera_position_from_attitude_inverts_the_optical_axis(yaw: float, pitc
     ground = camera + axis * (camera[2] / -axis[2])  # where the optical axis meets z = 0
     east, north = camera_position_from_attitude(ground[:2], camera[2], yaw, pitch, roll)
     assert (east, north) == pytest.approx((500.0, 200.0), abs=1e-9)
-    tilt = off_nadir_deg(roll, pitch)
-    assert np.hypot(*(ground[:2] - camera[:2])) == pytest.approx(40.0 * np.tan(np.radians(tilt)), abs=1e-9)
+    tilt = np.arccos(np.cos(np.radians(roll)) * np.cos(np.radians(pitch)))  # off nadir (Z-Y-X Euler angles)
+    assert np.hypot(*(ground[:2] - camera[:2])) == pytest.approx(40.0 * np.tan(tilt), abs=1e-9)
     with pytest.raises(ValueError, match="ground"):
         camera_position_from_attitude(ground[:2], 40.0, 0.0, 95.0, 0.0)
 
@@ -260,5 +259,6 @@ def test_edge_locate_reads_the_gimbal_attitude_as_priors(data_dir: Path) -> None
     path = data_dir / "exif" / "DJI_0018_metadata_4000x2250.JPG"  # gimbal yaw 45.0, pitch -89.9, roll 0.0
     priors, _ = frame_priors(path, (2250, 4000), None, None, True, 6.17)
     assert priors.yaw_deg == pytest.approx(45.0) and priors.altitude_agl_m == pytest.approx(39.8)
-    assert off_nadir_deg(priors.roll_deg, priors.pitch_deg) == pytest.approx(0.1, abs=1e-6)  # nadir within 0.1 deg
+    axis = rotation_from_ypr(priors.yaw_deg, priors.pitch_deg, priors.roll_deg) @ np.array([0.0, 0.0, 1.0])
+    assert np.degrees(np.arccos(-axis[2])) == pytest.approx(0.1, abs=1e-6)  # looks 0.1 deg off nadir
     assert frame_priors(path, (2250, 4000), None, None, False, 6.17)[0].roll_deg is None
