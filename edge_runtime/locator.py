@@ -611,9 +611,8 @@ class Locator:
             entry = self.cache.map(m)
             levels.setdefault(entry.base_id, {})[entry.overview] = m
         expected = {}
-        for by_factor in levels.values():
-            native_gsd = self.cache.map(next(iter(by_factor.values()))).georef.gsd_m / next(iter(by_factor))
-            on_map = max(frame_shape) * frame_gsd / native_gsd
+        for base_id, by_factor in levels.items():
+            on_map = max(frame_shape) * frame_gsd / self.cache.map(base_id).georef.gsd_m
             f = overview_for_frame(on_map, list(by_factor), self.query_size, self.config.target_ratio,
                                    self.config.min_overview_ratio)
             expected[by_factor[f]] = on_map / f
@@ -926,35 +925,32 @@ class Locator:
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
             altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
+            seen_by = frame_camera(camera)
+            camera_en = None
             if priors.roll_deg is not None and priors.pitch_deg is not None:
                 # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
                 # over flat ground with matches in part of the frame its tilt trades off against its translation
                 # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
                 # one, where this position was 1.1 m off).
-                rectified = camera.P is not None and np.any(np.asarray(camera.D) != 0)  # the frame was undistorted
-                k = np.asarray(camera.P)[:3, :3] if rectified else np.asarray(camera.K)
-                principal = project_points(H, np.array([[float(k[0, 2]), float(k[1, 2])]]))
-                ground = entry.georef.pixels_to_world(principal)[0]
-                east, north = camera_position_from_attitude(ground, altitude, heading, priors.pitch_deg,
-                                                            priors.roll_deg)
-                position_lonlat = entry.georef.pixels_to_lonlat(
-                    entry.georef.world_to_pixels(np.array([[east, north]])))[0]
-                map_xy = (float(east), float(north))
+                principal = project_points(H, np.array([[seen_by.cx, seen_by.cy]]))
+                try:
+                    camera_en = camera_position_from_attitude(entry.georef.pixels_to_world(principal)[0], altitude,
+                                                              heading, priors.pitch_deg, priors.roll_deg)
+                except ValueError as exc:  # a prior above the horizon: the matches decide
+                    logger.info("attitude prior not used for the position: %s", exc)
+            if camera_en is not None:
                 extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
                 attitude = (float(priors.roll_deg), float(priors.pitch_deg), float(heading))
-                pose = None
-            else:
-                pose = self._camera_pose(in_f, in_r, entry, camera)
-            if pose is not None:
-                east, north = pose.position[0], pose.position[1]
-                position_lonlat = entry.georef.pixels_to_lonlat(
-                    entry.georef.world_to_pixels(np.array([[east, north]])))[0]
-                map_xy = (float(east), float(north))
+            elif (pose := self._camera_pose(in_f, in_r, entry, seen_by)) is not None:
+                camera_en = (float(pose.position[0]), float(pose.position[1]))
                 altitude = float(pose.altitude_agl_m)
                 attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
                 std = float(max(np.sqrt(pose.covariance[0, 0]), np.sqrt(pose.covariance[1, 1]), std))
                 extra.update({"position": "camera centre (6-DoF PnP pose)", "pose_rms_px": pose.rms_px,
                               "pose_std": pose.std.tolist()})
+            if camera_en is not None:
+                position_lonlat = entry.georef.pixels_to_lonlat(entry.georef.world_to_pixels(np.array([camera_en])))[0]
+                map_xy = camera_en
         confidence = float(min(1.0, top["score"]) * min(1.0, len(in_f) / 100.0))
         return LocateResult(
             ok=True, map_id=entry.base_id, lat=float(position_lonlat[1]), lon=float(position_lonlat[0]),
@@ -967,21 +963,16 @@ class Locator:
 
     @staticmethod
     def _camera_pose(in_f: np.ndarray, in_r: np.ndarray, entry: Any, camera: Any) -> Any:
-        """6-DoF camera pose from frame <-> map inliers on a flat ground plane (IPPE); None when it fails."""
+        """6-DoF camera pose from frame <-> map inliers on a flat ground plane (IPPE) for the pinhole ``camera`` the
+        frame is seen by (:func:`frame_camera`); None when it fails."""
         from calibration.geometry import PoseConfig, estimate_pose
 
         if entry.georef.crs_wkt is None and entry.georef.source != "gsd":
             return None
         keep = np.linspace(0, len(in_f) - 1, min(len(in_f), 400)).astype(int)
         ground = entry.georef.pixels_to_world(in_r[keep])
-        undistorted = camera
-        if np.any(np.asarray(camera.D) != 0):  # the frame was rectified to P[:3, :3]: an ideal pinhole now
-            from calibration.camera_info import CameraInfo
-
-            undistorted = CameraInfo(camera.width, camera.height, camera.P[:3, :3], np.zeros(5), "plumb_bob",
-                                     camera_name=camera.camera_name)
         try:
-            return estimate_pose(in_f[keep], ground, undistorted, config=PoseConfig(ransac_threshold_px=8.0))
+            return estimate_pose(in_f[keep], ground, camera, config=PoseConfig(ransac_threshold_px=8.0))
         except (ValueError, np.linalg.LinAlgError) as exc:
             logger.info("no 6-DoF pose: %s", exc)
             return None
@@ -995,6 +986,17 @@ def _crs_name(georef: Any) -> str | None:
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
+
+
+def frame_camera(camera: Any) -> Any:
+    """The pinhole camera of the frame the locator matches: ``camera`` itself, or, when it has distortion (the frame
+    was undistorted to ``P[:3, :3]`` in :meth:`Locator.locate`), that ideal pinhole."""
+    if not np.any(np.asarray(camera.D) != 0):
+        return camera
+    from calibration.camera_info import CameraInfo
+
+    return CameraInfo(camera.width, camera.height, camera.P[:3, :3], np.zeros(5), "plumb_bob",
+                      camera_name=camera.camera_name)
 
 
 def camera_position_from_attitude(ground_en: np.ndarray, altitude_m: float, yaw_deg: float, pitch_deg: float,

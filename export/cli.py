@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     from export.bundle_writer import ExportConfig, export_bundle
 
     try:
-        query_size, tile_size = training_sizes(args.checkpoint)
-        query_size = args.query_size or query_size
-        tile_size = args.tile_size or tile_size
+        query_size, tile_size = args.query_size, args.tile_size
+        if query_size is None or tile_size is None:
+            trained = training_sizes(args.checkpoint)
+            query_size, tile_size = query_size or trained[0], tile_size or trained[1]
         config = ExportConfig(args.precision, query_size, tile_size, args.opset, not args.no_engines)
         out = export_bundle(args.checkpoint, args.out, config, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:

@@ -364,8 +364,8 @@ def plan_maps(paths: Sequence[str | os.PathLike[str]], config: BuildConfig, enco
             raise MapsError(f"maps {ids[stem]} and {p} have the same id {stem!r} (the file stem); rename one")
         ids[stem] = Path(p)
     plans = [plan_map(p, config, encoder) for p in paths]
-    levels = [p.overview(f, encoder, config.overlap) for p in plans for f in config.overviews
-              if max(p.georef.overview(f).width, p.georef.overview(f).height) >= encoder.tile_size]
+    levels = [lv for lv in (p.overview(f, encoder, config.overlap) for p in plans for f in config.overviews)
+              if max(lv.georef.width, lv.georef.height) >= encoder.tile_size]
     placed = [p.map_id for p in plans if p.georef.source == "bounds"]
     if len(placed) > 1:
         raise MapsError(f"--bounds places one image, but {len(placed)} maps lack a CRS: {placed}")

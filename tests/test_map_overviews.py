@@ -262,3 +262,28 @@ def test_edge_locate_reads_the_gimbal_attitude_as_priors(data_dir: Path) -> None
     axis = rotation_from_ypr(priors.yaw_deg, priors.pitch_deg, priors.roll_deg) @ np.array([0.0, 0.0, 1.0])
     assert np.degrees(np.arccos(-axis[2])) == pytest.approx(0.1, abs=1e-6)  # looks 0.1 deg off nadir
     assert frame_priors(path, (2250, 4000), None, None, False, 6.17)[0].roll_deg is None
+
+
+def test_the_position_follows_the_attitude_prior_unless_it_looks_above_the_horizon(overview_cache: Path,
+                                                                                   tiny_bundle: Path) -> None:
+    from calibration.camera_info import CameraInfo
+    from edge_runtime.numerics.geometry import project_points
+
+    loc = Locator.open(tiny_bundle, overview_cache, LocatorConfig())
+    level, base = loc.cache.map("brighton_mosaic@2x"), loc.cache.map("brighton_mosaic")
+    camera = CameraInfo(400, 300, np.array([[300.0, 0, 190.0], [0, 300.0, 160.0], [0, 0, 1]]), np.zeros(5))
+    H = np.array([[0.8, 0.0, 250.0], [0.0, 0.8, 180.0], [0.0, 0.0, 1.0]])  # north-up, 0.8 level px per frame px
+    grid = np.stack(np.meshgrid(np.linspace(10, 390, 8), np.linspace(10, 290, 6)), axis=-1).reshape(-1, 2)
+
+    def pose(pitch: float) -> object:
+        return loc._pose(np.zeros((300, 400, 3), np.uint8), H, grid, project_points(H, grid), level,
+                         {"score": 0.5}, Priors(roll_deg=0.0, pitch_deg=pitch), camera, None, {}, {})
+
+    nadir = pose(0.0)  # straight down: the camera is above the principal point's ground point
+    assert nadir.ok and nadir.extra["position"].startswith("camera centre (attitude prior")
+    below = project_points(level.to_base_px @ H, np.array([[190.0, 160.0]]))
+    lon, lat = base.georef.pixels_to_lonlat(below)[0]
+    assert (nadir.lat, nadir.lon) == pytest.approx((lat, lon), abs=1e-9)
+    assert nadir.attitude_deg == pytest.approx((0.0, 0.0, nadir.heading_deg))
+    upward = pose(95.0)  # a prior looking above the horizon cannot place the camera: the matches decide
+    assert upward.ok and not upward.extra["position"].startswith("camera centre (attitude prior")
