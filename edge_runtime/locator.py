@@ -54,6 +54,7 @@ from edge_runtime.numerics.geometry import (
 )
 from edge_runtime.numerics.grid import cell_centers, cell_validity
 from edge_runtime.numerics.matching import matches_from_mask, mutual_nearest_mask
+from edge_runtime.region_cache import EncodedRegion, RegionCache
 from edge_runtime.types import LocateResult, Priors
 
 logger = logging.getLogger(__name__)
@@ -144,6 +145,13 @@ class LocatorConfig:
             first-pass rule is far stricter). On the 132 pooled dev tuning queries with two hypotheses no right fix
             came from a first fit with fewer than 20 inliers; 16 skips 66 of 231 refinements (~90 ms each on this
             CPU) and keeps every fix.
+        roi_cache_size: encoded regions of interest kept across frames (:class:`~edge_runtime.region_cache.RegionCache`;
+            ~9 MB each for the reference bundle's 512-px tiles). A frame whose wanted region lies within
+            ``roi_reuse_fraction`` of the tile side of a kept region on the same map level reuses it instead of
+            reading and encoding the raster again (~90 ms on this CPU): consecutive frames of a vehicle see the same
+            ground. 0 keeps nothing between frames (each frame then encodes each distinct region once).
+        roi_reuse_fraction: see ``roi_cache_size``; the footprint then still lies within ~1/8 tile of the region's
+            centre, well inside the window.
         verify: verify bundle and cache hashes when opening.
     """
 
@@ -169,6 +177,8 @@ class LocatorConfig:
     refine_gate_cells: int = 1
     refine_geometry: str = "similarity"
     refine_min_first_inliers: int = 16
+    roi_cache_size: int = 4
+    roi_reuse_fraction: float = 0.125
     verify: bool = True
 
     def __post_init__(self) -> None:
@@ -196,6 +206,9 @@ class LocatorConfig:
                              f"got {self.refine_max_ratio}, {self.refine_gate_cells}, {self.refine_min_first_inliers}")
         if not 0 < self.max_heading_error_deg <= 180:
             raise ValueError(f"max_heading_error_deg must lie in (0, 180], got {self.max_heading_error_deg}")
+        if self.roi_cache_size < 0 or not 0 <= self.roi_reuse_fraction <= 0.25:
+            raise ValueError(f"roi_cache_size must be >= 0 and roi_reuse_fraction in [0, 0.25], got "
+                             f"{self.roi_cache_size}, {self.roi_reuse_fraction}")
 
 
 def fit_geometry(pts_f: np.ndarray, pts_r: np.ndarray, frame_size: tuple[int, int],
@@ -475,6 +488,7 @@ class Locator:
         native = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
         self.native_ids: frozenset[str] | None = None if native == frozenset(self.cells) else native
         self.last_fix: tuple[str, np.ndarray] | None = None  # (map id, frame centre in that map's pixels)
+        self.regions = RegionCache(config.roi_cache_size, round(config.roi_reuse_fraction * self.tile_size))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -695,13 +709,14 @@ class Locator:
             map px; the last two None without a fit; and both passes' inliers and footprints, ``PASS_KEYS``) for
             diagnosis and for calibrating the acceptance rule (``benchmarks.acceptance``); never published.
         """
-        roi_cache: dict[tuple[str, int, int], tuple[np.ndarray, dict]] = {}  # one encode per region of this frame
+        # encoded regions: kept across frames, or (roi_cache_size 0) one encode per distinct region of this frame
+        regions = self.regions if self.config.roi_cache_size else RegionCache(len(hypotheses), 0)
         chosen: LocateResult | None = None
         verified = []
         for h in hypotheses:
             expected = h.plan.expected_px.get(h.candidate["map_id"])
             res = self._fine_stage(frame, h.prepared, h.encoded, h.candidate, priors, camera, expected, lat, common,
-                                   roi_cache)
+                                   regions)
             source = res.extra if res.ok else res.extra.get("rejected", {})
             quad = res.footprint_px if res.ok else source.get("footprint_px")
             entry_id = h.candidate["map_id"]
@@ -737,21 +752,29 @@ class Locator:
         y0 = min(max(y0, 0), max(h - self.tile_size, 0)) if h >= self.tile_size else (h - self.tile_size) // 2
         return x0, y0
 
+    def _region(self, map_id: str, wanted: tuple[int, int], regions: RegionCache,
+                lat: dict[str, float]) -> EncodedRegion:
+        """The encoded region of interest at ``wanted`` (or a kept one near it, see ``roi_cache_size``)."""
+        region = regions.find(map_id, wanted)
+        if region is not None:
+            return region
+        t = time.perf_counter()
+        roi, roi_valid = self.cache.map(map_id).read_roi(wanted[0], wanted[1], self.tile_size, self.tile_size)
+        _add_ms(lat, "read_roi", t)
+        t = time.perf_counter()
+        roi_cells = cell_validity(roi_valid, self.cell, 0.5)
+        region = EncodedRegion(map_id, wanted, roi_cells, self._encode("encoder_tile", roi, roi_cells))
+        _add_ms(lat, "encode_roi", t)
+        regions.put(region)
+        return region
+
     def _fine_stage(self, frame: np.ndarray, prep: PreparedQuery, enc_q: dict, top: dict, priors: Priors,
                     camera: Any, expected: float | None, lat: dict[str, float],
-                    common: dict, roi_cache: dict[tuple[str, int, int], tuple[np.ndarray, dict]]) -> LocateResult:
+                    common: dict, regions: RegionCache) -> LocateResult:
         map_id = top["map_id"]
         entry = self.cache.map(map_id)
-        x0, y0 = self._roi_origin(map_id, top)
-        if (map_id, x0, y0) not in roi_cache:
-            t = time.perf_counter()
-            roi, roi_valid = entry.read_roi(x0, y0, self.tile_size, self.tile_size)
-            _add_ms(lat, "read_roi", t)
-            t = time.perf_counter()
-            roi_cells = cell_validity(roi_valid, self.cell, 0.5)
-            roi_cache[map_id, x0, y0] = (roi_cells, self._encode("encoder_tile", roi, roi_cells))
-            _add_ms(lat, "encode_roi", t)
-        roi_cells, enc_r = roi_cache[map_id, x0, y0]
+        region = self._region(map_id, self._roi_origin(map_id, top), regions, lat)
+        (x0, y0), roi_cells, enc_r = region.origin, region.cell_valid, region.encoded
         to_base = entry.to_base_px  # results are reported on the map's own pixels (an overview level's are coarser)
         fail = {"map_id": entry.base_id, "confidence": top["score"], "latency_ms": lat, **common}
         fit = self._match_and_fit(frame, enc_q, prep.cell_valid, prep.frame_to_canvas, enc_r, roi_cells, (x0, y0),

@@ -371,6 +371,7 @@ def test_verify_stops_at_the_first_accepted_hypothesis(outcomes: list[tuple[bool
         return _fake_result(ok, inliers, cand["map_id"])
 
     fake._fine_stage = fine_stage
+    fake.config = LocatorConfig(roi_cache_size=0)  # verify's per-frame region store
     prep = PreparedQuery(np.zeros((8, 8, 3), np.uint8), np.ones(1, bool), np.eye(3), 1.0)
     plan = QueryPlan(8.0, {}, None)
     hyps = [Hypothesis({"map_id": f"h{i}", "score": 1.0 - 0.1 * i}, prep, {}, plan, 90.0 * i)
@@ -436,3 +437,50 @@ def test_without_refinement_the_one_fit_meets_the_first_pass_rule() -> None:
     assert fake._accept(_fit(500), _fit(20))[0] is None
     with pytest.raises(ValueError, match="min_first_pass_inliers"):
         LocatorConfig(min_first_pass_inliers=3)
+
+
+def test_region_cache_reuses_the_nearest_kept_region_of_the_same_map_and_evicts_the_oldest() -> None:
+    from edge_runtime.region_cache import EncodedRegion, RegionCache, nearest_origin
+
+    assert nearest_origin([(0, 0), (100, 0), (60, 10)], (70, 0), 16) == 2
+    assert nearest_origin([(0, 0), (100, 0)], (50, 0), 16) is None  # 50 px from both: encode afresh
+    assert nearest_origin([(0, 0), (0, 16)], (0, 8), 8) == 0  # a tie goes to the earlier region
+
+    def region(map_id: str, x: int, y: int) -> EncodedRegion:
+        return EncodedRegion(map_id, (x, y), np.ones(4, bool), {"coarse": np.full((1, 4, 2), x, np.float32)})
+
+    cache = RegionCache(capacity=2, reuse_px=32)
+    cache.put(region("a", 0, 0))
+    cache.put(region("b", 0, 0))
+    assert cache.find("a", (20, -30)).origin == (0, 0)  # within 32 px (Chebyshev) on the same map
+    assert cache.find("a", (40, 0)) is None and cache.find("c", (0, 0)) is None
+    cache.put(region("a", 512, 0))  # over capacity: "b" was used least recently ("a" was just found)
+    assert cache.find("b", (0, 0)) is None and cache.find("a", (0, 0)) is not None
+    assert cache.stats() == {"hits": 2, "misses": 3, "regions": 2}
+    off = RegionCache(capacity=0, reuse_px=32)
+    off.put(region("a", 0, 0))
+    assert len(off) == 0 and off.find("a", (0, 0)) is None
+    with pytest.raises(ValueError):
+        RegionCache(capacity=-1, reuse_px=0)
+
+
+def test_a_repeated_frame_reuses_the_encoded_region_and_gets_the_same_fit(
+        tiny_bundle: Path, sjer_cache: Path, data_dir: Path) -> None:
+    with GeoRaster(data_dir / "sjer" / "2018" / "SJER_002.tif") as raster:
+        image, _ = raster.read_rgb()
+    frame = np.ascontiguousarray(image[40:340, 60:360])
+    opened = {"min_confidence": 0.0, "min_inliers": 4, "min_first_pass_inliers": 4, "verify_candidates": 1}
+    kept = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(**opened))
+    first, again = kept.locate(frame), kept.locate(frame)
+    assert first.extra["verified"], "the opened gates verify the best hypothesis"
+    assert "encode_roi" in first.latency_ms and "read_roi" in first.latency_ms
+    assert "encode_roi" not in again.latency_ms and "read_roi" not in again.latency_ms
+    assert kept.regions.stats()["hits"] >= 1
+    assert again.ok == first.ok and again.inliers == first.inliers
+    if first.ok:
+        np.testing.assert_allclose(again.footprint_px, first.footprint_px, atol=1e-6)
+    fresh = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(**opened, roi_cache_size=0))
+    fresh.locate(frame)
+    assert "encode_roi" in fresh.locate(frame).latency_ms and len(fresh.regions) == 0
+    with pytest.raises(ValueError, match="roi_cache_size"):
+        LocatorConfig(roi_cache_size=-1)
