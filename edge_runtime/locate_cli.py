@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,35 +44,44 @@ def read_frame(path: Path) -> np.ndarray:
 
 
 def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | None, gsd: float | None,
-                 use_exif: bool = True, sensor_width_mm: float | None = None) -> tuple[Priors, Any]:
+                 use_exif: bool = True, sensor_width_mm: float | None = None,
+                 utc_offset_h: float = 0.0) -> tuple[Priors, Any]:
     """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present.
 
+    The EXIF/XMP priors are the service's (:func:`edge_runtime.service.telemetry.priors_from_metadata`: relative
+    altitude, gimbal attitude, capture time with ``utc_offset_h`` for local EXIF times). A relative altitude that is not
+    above the ground is dropped with a warning (the frame is still located, without a scale prior).
     ``sensor_width_mm`` gives the intrinsics of cameras whose metadata has a focal length in mm but no calibrated
     focal length in pixels (e.g. the DJI Phantom 3: 6.17 mm).
     """
+    from edge_runtime.service.telemetry import TelemetryError, priors_from_metadata
+
     camera = None
-    meta = None
+    priors = Priors(source="none")
     if use_exif and path.suffix.lower() in (".jpg", ".jpeg"):
         try:
             from calibration.exif import camera_from_metadata, read_metadata
 
             meta = read_metadata(path)
-            camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm)
-        except Exception as exc:  # no usable EXIF: the frame is still located, without those priors
-            logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
+        except (ValueError, OSError) as exc:  # no usable EXIF: the frame is still located, without those priors
+            logger.info("%s: no EXIF/XMP priors (%s)", path.name, exc)
+        else:
+            if altitude is not None:
+                meta = replace(meta, relative_altitude_m=altitude)
+            try:
+                priors = priors_from_metadata(meta, utc_offset_h)
+            except TelemetryError as exc:
+                logger.warning("%s: altitude prior dropped: %s", path.name, exc)
+                priors = priors_from_metadata(replace(meta, relative_altitude_m=None), utc_offset_h)
+            try:
+                camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm)
+            except ValueError as exc:
+                logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
     if camera is not None and camera.size != (frame_shape[1], frame_shape[0]):
         camera = camera.scaled(frame_shape[1], frame_shape[0])
-    alt = altitude if altitude is not None else (meta.relative_altitude_m if meta is not None else None)
-    capture = meta.capture_time.timestamp() if meta is not None and meta.capture_time is not None else None
-    attitude = None
-    if meta is not None:
-        from edge_runtime.service.telemetry import attitude_from_dji_gimbal
-
-        attitude = attitude_from_dji_gimbal(meta.gimbal_yaw_deg, meta.gimbal_pitch_deg, meta.gimbal_roll_deg)
-    return Priors(altitude_agl_m=alt if alt and alt > 0 else None, frame_gsd_m=gsd, capture_time=capture,
-                  roll_deg=attitude[0] if attitude else None, pitch_deg=attitude[1] if attitude else None,
-                  yaw_deg=meta.gimbal_yaw_deg if meta is not None else None,
-                  source="exif" if meta is not None else "none"), camera
+    if priors.source == "none" and altitude is not None:
+        priors = replace(priors, altitude_agl_m=altitude)
+    return replace(priors, frame_gsd_m=gsd), camera
 
 
 def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
@@ -144,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--altitude", type=float, help="altitude above ground in metres (overrides EXIF)")
     group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
     parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
+    parser.add_argument("--utc-offset-h", type=float, default=0.0,
+                        help="hours local time is ahead of UTC, for EXIF capture times without an offset tag "
+                             "(DJI writes local time; default %(default)s)")
     parser.add_argument("--sensor-width-mm", type=float,
                         help="sensor width for EXIF intrinsics without a calibrated focal length (Phantom 3: 6.17)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
@@ -159,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    for name in ("altitude", "gsd"):
+        value = getattr(args, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            parser.error(f"--{name} must be a positive number, got {value}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     camera = None
@@ -186,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             frame = read_frame(image)
             priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
-                                                     args.sensor_width_mm)
+                                               args.sensor_width_mm, args.utc_offset_h)
             cam = camera if camera is not None else exif_camera
             if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
                 cam = cam.scaled(frame.shape[1], frame.shape[0])

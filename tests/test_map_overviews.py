@@ -264,6 +264,31 @@ def test_edge_locate_reads_the_gimbal_attitude_as_priors(data_dir: Path) -> None
     assert frame_priors(path, (2250, 4000), None, None, False, 6.17)[0].roll_deg is None
 
 
+def test_edge_locate_and_the_service_read_the_same_exif_priors(data_dir: Path, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    from edge_runtime.locate_cli import frame_priors
+    from edge_runtime.service.telemetry import priors_from_jpeg_file
+
+    path = data_dir / "exif" / "DJI_0018_metadata_4000x2250.JPG"
+    located, _ = frame_priors(path, (2250, 4000), None, None, True, 6.17, utc_offset_h=-5.0)
+    served, _ = priors_from_jpeg_file(path, -5.0)
+    assert located == served  # one reading of EXIF/XMP for the offline tool and the vehicle
+    assert located.capture_time == served.capture_time and located.capture_time is not None
+    assert frame_priors(path, (2250, 4000), None, None, True, 6.17)[0].capture_time == \
+        pytest.approx(located.capture_time - 5 * 3600.0)  # DJI local time, 5 h behind UTC in Duluth's summer
+    given, _ = frame_priors(path, (2250, 4000), 55.0, 0.02, True, 6.17)
+    assert given.altitude_agl_m == 55.0 and given.frame_gsd_m == 0.02 and given.yaw_deg == located.yaw_deg
+    data = path.read_bytes()
+    at = data.index(b'RelativeAltitude="') + len(b'RelativeAltitude="')
+    end = data.index(b'"', at)
+    bad = tmp_path / "below_ground.JPG"  # the same frame, its relative altitude under the take-off point
+    bad.write_bytes(data[:at] + b"-3.0".ljust(end - at, b"0") + data[end:])
+    with caplog.at_level("WARNING"):
+        dropped, camera = frame_priors(bad, (2250, 4000), None, None, True, 6.17)
+    assert dropped.altitude_agl_m is None and dropped.yaw_deg == located.yaw_deg and camera is not None
+    assert "altitude prior dropped" in caplog.text
+
+
 def test_the_position_follows_the_attitude_prior_unless_it_looks_above_the_horizon(overview_cache: Path,
                                                                                    tiny_bundle: Path) -> None:
     from calibration.camera_info import CameraInfo
