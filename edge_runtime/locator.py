@@ -40,6 +40,7 @@ import numpy as np
 
 from edge_runtime.backends import BackendChoice, BackendSelection, open_graph
 from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.frame_pyramid import FramePyramid, as_pyramid
 from edge_runtime.map_cache import MapCache, open_map_cache
 from edge_runtime.numerics.coarse import CoarseMatchConfig, alignment_gate, coarse_confidence, coarse_matches
 from edge_runtime.numerics.consistency import ConsistencyConfig, geometric_consistency
@@ -269,11 +270,12 @@ class PreparedQuery:
     scale: float
 
 
-def area_shrink(frame: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """``frame (H, W, 3)`` shrunk by ``factor < 1`` with the area filter (before a warp that would alias), and the
-    ``(3, 3)`` frame px -> shrunk px transform (pixel-centre convention)."""
+def area_shrink(frame: np.ndarray | FramePyramid, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``frame (H, W, 3)`` shrunk by ``factor < 1`` with the area filter (before a warp that would alias; from the
+    nearest level when ``frame`` is a :class:`FramePyramid`), and the ``(3, 3)`` frame px -> shrunk px transform
+    (pixel-centre convention)."""
     h, w = frame.shape[:2]
-    src = cv2.resize(frame, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    src = as_pyramid(frame).resized(max(1, round(w * factor)), max(1, round(h * factor)))
     pre = np.diag([src.shape[1] / w, src.shape[0] / h, 1.0])
     pre[:2, 2] = 0.5 * np.diag(pre)[:2] - 0.5
     return src, pre
@@ -287,19 +289,21 @@ def local_scale(H: np.ndarray, at: tuple[float, float]) -> float:
     return math.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]], axis=1))))
 
 
-def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 64,
+def prepare_query(frame: np.ndarray | FramePyramid, size: int, content_px: float, cell: int = 64,
                   rotation_deg: float = 0.0) -> PreparedQuery:
-    """Resize ``frame (H, W, 3)`` so its long side is ``content_px``, rotate it clockwise by ``rotation_deg`` about
-    its centre and centre it on a ``size x size`` canvas (rotated corners that leave the canvas are cut off).
+    """Resize ``frame (H, W, 3)`` (or a :class:`FramePyramid` of it, shared by the canvases of one frame) so its long
+    side is ``content_px``, rotate it clockwise by ``rotation_deg`` about its centre and centre it on a
+    ``size x size`` canvas (rotated corners that leave the canvas are cut off).
 
     With the yaw prior (clockwise from north, the image top pointing at the yaw) ``rotation_deg = yaw`` puts north up,
     the orientation the network sees most in training.
     """
-    h, w = frame.shape[:2]
+    pyramid = as_pyramid(frame)
+    h, w = pyramid.shape[:2]
     s = min(content_px, size) / max(h, w)
     if rotation_deg % 360.0 == 0.0:
         nw, nh = max(1, round(w * s)), max(1, round(h * s))
-        resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        resized = pyramid.resized(nw, nh)
         x0, y0 = (size - nw) // 2, (size - nh) // 2
         canvas = np.zeros((size, size, 3), np.uint8)
         canvas[y0 : y0 + nh, x0 : x0 + nw] = resized
@@ -310,7 +314,7 @@ def prepare_query(frame: np.ndarray, size: int, content_px: float, cell: int = 6
         T = np.array([[sx, 0, 0.5 * sx - 0.5 + x0], [0, sy, 0.5 * sy - 0.5 + y0], [0, 0, 1]], dtype=np.float64)
         scale = float(np.sqrt(sx * sy))
     else:
-        src, pre = area_shrink(frame, s) if s < 1 else (frame, np.eye(3))
+        src, pre = area_shrink(pyramid, s) if s < 1 else (pyramid.frame, np.eye(3))
         t = math.radians(rotation_deg)
         k = s / pre[0, 0]
         # clockwise on screen (y down) = the rotation matrix of +t in x-right / y-down coordinates
@@ -343,7 +347,7 @@ class RefinementCanvas:
     canvas_to_tile: np.ndarray
 
 
-def refinement_canvas(frame: np.ndarray, frame_to_tile: np.ndarray, size: int, tile_size: int, cell: int,
+def refinement_canvas(frame: np.ndarray | FramePyramid, frame_to_tile: np.ndarray, size: int, tile_size: int, cell: int,
                       max_ratio: float) -> RefinementCanvas | None:
     """Warp ``frame (H, W, 3)`` by ``frame_to_tile (3, 3)`` (frame px -> ROI tile px, a first fit) onto a
     ``size x size`` canvas that shows the tile's grid zoomed by ``s`` about the footprint's centre: north-up,
@@ -368,7 +372,8 @@ def refinement_canvas(frame: np.ndarray, frame_to_tile: np.ndarray, size: int, t
     frame_to_canvas /= frame_to_canvas[2, 2]
     # shrink big frames first (area filter) so the perspective warp samples without aliasing
     zoom = local_scale(frame_to_canvas, ((w - 1) / 2.0, (h - 1) / 2.0))
-    src, pre = area_shrink(frame, zoom) if zoom < 0.5 else (frame, np.eye(3))
+    pyramid = as_pyramid(frame)
+    src, pre = area_shrink(pyramid, zoom) if zoom < 0.5 else (pyramid.frame, np.eye(3))
     M = frame_to_canvas @ np.linalg.inv(pre)
     canvas = cv2.warpPerspective(src, M, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     valid = cv2.warpPerspective(np.ones(src.shape[:2], np.float32), M, (size, size), flags=cv2.INTER_NEAREST)
@@ -659,6 +664,7 @@ class Locator:
 
             frame = undistort_image(frame, camera)
         plans = self.query_plans(frame.shape[:2], priors, camera)
+        pyramid = FramePyramid(frame)  # every canvas of this frame shrinks from its nearest halving
         rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
         lat["prepare"] = _ms(t0)
 
@@ -668,7 +674,7 @@ class Locator:
         area = self.search_area()  # temporal prior: the same for every scale and rotation of this frame
         for plan, rotation in itertools.product(plans, rotations):
             t = time.perf_counter()
-            prep = prepare_query(frame, self.query_size, plan.content_px, self.cell, rotation)
+            prep = prepare_query(pyramid, self.query_size, plan.content_px, self.cell, rotation)
             enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
             _add_ms(lat, "encode_query", t)
             t = time.perf_counter()
@@ -687,7 +693,7 @@ class Locator:
             return LocateResult.failure(f"no map region matches (retrieval confidence {score:.3f} < "
                                         f"{self.config.min_confidence})", confidence=score, latency_ms=lat, **common)
         to_verify = [h for h in hypotheses if h.score >= self.config.min_confidence][: self.config.verify_candidates]
-        result, verified = self.verify(frame, to_verify, priors, camera, lat, common)
+        result, verified = self.verify(pyramid, to_verify, priors, camera, lat, common)
         if result.ok:
             self.last_fix = (result.map_id, np.asarray(result.extra["centre_px"]))
         elif self.last_fix is not None:
@@ -698,7 +704,7 @@ class Locator:
              "matches": c["matches"]} for c in shortlist[: self.config.shortlist]]})
         return result
 
-    def verify(self, frame: np.ndarray, hypotheses: list[Hypothesis], priors: Priors, camera: Any,
+    def verify(self, frame: np.ndarray | FramePyramid, hypotheses: list[Hypothesis], priors: Priors, camera: Any,
                lat: dict[str, float], common: dict) -> tuple[LocateResult, list[dict[str, Any]]]:
         """Run the fine stage on ``hypotheses`` in order until one is accepted.
 
@@ -768,7 +774,7 @@ class Locator:
         regions.put(region)
         return region
 
-    def _fine_stage(self, frame: np.ndarray, prep: PreparedQuery, enc_q: dict, top: dict, priors: Priors,
+    def _fine_stage(self, frame: np.ndarray | FramePyramid, prep: PreparedQuery, enc_q: dict, top: dict, priors: Priors,
                     camera: Any, expected: float | None, lat: dict[str, float],
                     common: dict, regions: RegionCache) -> LocateResult:
         map_id = top["map_id"]
@@ -849,8 +855,9 @@ class Locator:
             out[f"{name}_footprint_px"] = footprint(to_base @ fit[2].H, shape[1], shape[0]).tolist() if ok else None
         return out
 
-    def _match_and_fit(self, frame: np.ndarray, enc_q: dict, cells_q: np.ndarray, frame_to_canvas: np.ndarray,
-                       enc_r: dict, roi_cells: np.ndarray, roi_origin: tuple[int, int], lat: dict[str, float],
+    def _match_and_fit(self, frame: np.ndarray | FramePyramid, enc_q: dict, cells_q: np.ndarray,
+                       frame_to_canvas: np.ndarray, enc_r: dict, roi_cells: np.ndarray, roi_origin: tuple[int, int],
+                       lat: dict[str, float],
                        allowed: np.ndarray | None = None, geometry: str | None = None,
                        ) -> tuple[np.ndarray, np.ndarray, HomographyResult, str] | str:
         """Coarse (MKNN, optionally gated by ``allowed (Nq, Nr)``) and fine matches of an encoded query canvas against
@@ -877,7 +884,7 @@ class Locator:
         _add_ms(lat, "homography", t)
         return pts_f, pts_r, hom, model
 
-    def _refine(self, frame: np.ndarray, H: np.ndarray, enc_r: dict, roi_cells: np.ndarray,
+    def _refine(self, frame: np.ndarray | FramePyramid, H: np.ndarray, enc_r: dict, roi_cells: np.ndarray,
                 roi_origin: tuple[int, int], lat: dict[str, float],
                 ) -> tuple[np.ndarray, np.ndarray, HomographyResult, str] | str:
         """Second pass around a first fit ``H`` (frame px -> map px): the frame re-rendered north-up and rectified on
@@ -901,7 +908,7 @@ class Locator:
         return self._match_and_fit(frame, enc_q, canvas.cell_valid, canvas.frame_to_canvas, enc_r, roi_cells,
                                    roi_origin, lat, gate, self.config.refine_geometry)
 
-    def _pose(self, frame: np.ndarray, H: np.ndarray, in_f: np.ndarray, in_r: np.ndarray, entry: Any,
+    def _pose(self, frame: np.ndarray | FramePyramid, H: np.ndarray, in_f: np.ndarray, in_r: np.ndarray, entry: Any,
               top: dict, priors: Priors, camera: Any, expected: float | None, common: dict,
               lat: dict[str, float]) -> LocateResult:
         h, w = frame.shape[:2]

@@ -484,3 +484,32 @@ def test_a_repeated_frame_reuses_the_encoded_region_and_gets_the_same_fit(
     assert "encode_roi" in fresh.locate(frame).latency_ms and len(fresh.regions) == 0
     with pytest.raises(ValueError, match="roi_cache_size"):
         LocatorConfig(roi_cache_size=-1)
+
+
+@pytest.fixture(scope="module")
+def drone_frame() -> np.ndarray:
+    """A bundled real DJI frame (1600 x 900) as RGB."""
+    path = Path(__file__).resolve().parent.parent / "demo_data" / "brighton" / "frames" / "DJI_0033.JPG"
+    return read_frame(path)
+
+
+def test_frame_pyramid_shrinks_from_the_nearest_halving_like_a_direct_area_shrink(drone_frame: np.ndarray) -> None:
+    from edge_runtime.frame_pyramid import FramePyramid, as_pyramid
+
+    pyramid = FramePyramid(drone_frame)
+    assert as_pyramid(pyramid) is pyramid and pyramid.shape == drone_frame.shape
+    for width, height in ((512, 288), (300, 169), (1000, 562)):
+        direct = cv2.resize(drone_frame, (width, height), interpolation=cv2.INTER_AREA).astype(np.float64)
+        shrunk = pyramid.resized(width, height)
+        assert shrunk.shape == (height, width, 3) and shrunk.dtype == np.uint8
+        assert np.abs(shrunk - direct).mean() < 3.0  # area averages compose: a few grey levels apart at most
+    assert pyramid.levels == 3  # 1600 -> 800 -> 400 px, made once and reused (300 px comes from the 400 px level)
+    assert pyramid.resized(1600, 900) is drone_frame
+    bigger = pyramid.resized(2000, 1125)
+    np.testing.assert_array_equal(bigger, cv2.resize(drone_frame, (2000, 1125), interpolation=cv2.INTER_LINEAR))
+    # the canvases of one frame: the same geometry from the pyramid as from the frame
+    for rotation in (0.0, 37.0):
+        plain, shared = (prepare_query(f, 512, 480.0, rotation_deg=rotation) for f in (drone_frame, pyramid))
+        np.testing.assert_allclose(shared.frame_to_canvas, plain.frame_to_canvas, atol=1e-9)
+        np.testing.assert_array_equal(shared.cell_valid, plain.cell_valid)
+        assert np.abs(shared.canvas.astype(np.float64) - plain.canvas).mean() < 3.0
