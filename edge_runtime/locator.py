@@ -152,7 +152,8 @@ class LocatorConfig:
             reading and encoding the raster again (~90 ms on this CPU): consecutive frames of a vehicle see the same
             ground. 0 keeps nothing between frames (each frame then encodes each distinct region once).
         roi_reuse_fraction: see ``roi_cache_size``; the footprint then still lies within ~1/8 tile of the region's
-            centre, well inside the window.
+            centre. With a scale prior the shift is further limited to the margin the frame's expected footprint
+            leaves in the window, so a kept region never cuts off part of the frame's ground.
         verify: verify bundle and cache hashes when opening.
     """
 
@@ -758,10 +759,13 @@ class Locator:
         y0 = min(max(y0, 0), max(h - self.tile_size, 0)) if h >= self.tile_size else (h - self.tile_size) // 2
         return x0, y0
 
-    def _region(self, map_id: str, wanted: tuple[int, int], regions: RegionCache,
-                lat: dict[str, float]) -> EncodedRegion:
-        """The encoded region of interest at ``wanted`` (or a kept one near it, see ``roi_cache_size``)."""
-        region = regions.find(map_id, wanted)
+    def _region(self, map_id: str, wanted: tuple[int, int], regions: RegionCache, lat: dict[str, float],
+                footprint_px: float | None = None) -> EncodedRegion:
+        """The encoded region of interest at ``wanted``, or a kept one near it (``roi_cache_size``) when the frame's
+        expected footprint (long side ``footprint_px`` in the entry's pixels, from the scale prior) still fits that
+        window: the shift may use at most the free margin around the footprint."""
+        margin = None if footprint_px is None else max(0, int((self.tile_size - footprint_px) // 2))
+        region = regions.find(map_id, wanted, margin)
         if region is not None:
             return region
         t = time.perf_counter()
@@ -779,7 +783,7 @@ class Locator:
                     common: dict, regions: RegionCache) -> LocateResult:
         map_id = top["map_id"]
         entry = self.cache.map(map_id)
-        region = self._region(map_id, self._roi_origin(map_id, top), regions, lat)
+        region = self._region(map_id, self._roi_origin(map_id, top), regions, lat, expected)
         (x0, y0), roi_cells, enc_r = region.origin, region.cell_valid, region.encoded
         to_base = entry.to_base_px  # results are reported on the map's own pixels (an overview level's are coarser)
         fail = {"map_id": entry.base_id, "confidence": top["score"], "latency_ms": lat, **common}

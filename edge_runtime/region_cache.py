@@ -63,10 +63,12 @@ class RegionCache:
     def __len__(self) -> int:
         return len(self._regions)
 
-    def find(self, map_id: str, wanted: tuple[int, int]) -> EncodedRegion | None:
-        """The cached region of ``map_id`` nearest to ``wanted`` within ``reuse_px`` (marked recently used)."""
+    def find(self, map_id: str, wanted: tuple[int, int], reuse_px: int | None = None) -> EncodedRegion | None:
+        """The cached region of ``map_id`` nearest to ``wanted`` within ``reuse_px`` (default: the cache's; a caller
+        that knows how much of the window the footprint leaves free may ask for less); marked recently used."""
         keys = [k for k in self._regions if k[0] == map_id]
-        i = nearest_origin([(k[1], k[2]) for k in keys], wanted, self.reuse_px)
+        limit = self.reuse_px if reuse_px is None else min(self.reuse_px, reuse_px)
+        i = nearest_origin([(k[1], k[2]) for k in keys], wanted, limit)
         if i is None:
             self.misses += 1
             return None

@@ -453,10 +453,13 @@ def test_region_cache_reuses_the_nearest_kept_region_of_the_same_map_and_evicts_
     cache.put(region("a", 0, 0))
     cache.put(region("b", 0, 0))
     assert cache.find("a", (20, -30)).origin == (0, 0)  # within 32 px (Chebyshev) on the same map
+    assert cache.find("a", (20, 0), reuse_px=16) is None  # the footprint leaves only 16 px of margin
+    assert cache.find("a", (20, 0), reuse_px=64).origin == (0, 0)  # never more than the cache's own limit...
+    assert cache.find("a", (40, 0), reuse_px=64) is None  # ...of 32 px
     assert cache.find("a", (40, 0)) is None and cache.find("c", (0, 0)) is None
     cache.put(region("a", 512, 0))  # over capacity: "b" was used least recently ("a" was just found)
     assert cache.find("b", (0, 0)) is None and cache.find("a", (0, 0)) is not None
-    assert cache.stats() == {"hits": 2, "misses": 3, "regions": 2}
+    assert cache.stats() == {"hits": 3, "misses": 5, "regions": 2}
     off = RegionCache(capacity=0, reuse_px=32)
     off.put(region("a", 0, 0))
     assert len(off) == 0 and off.find("a", (0, 0)) is None
