@@ -4,7 +4,8 @@ Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
 
 1. ``prepare``: undistort (calibration), bring the frame to the working scale from the altitude prior and the
    intrinsics, place it on the square query canvas (padding = invalid cells). Without an altitude prior a few content
-   scales are searched.
+   scales are searched. Every canvas of the frame shrinks from its nearest area-filtered halving
+   (:class:`~edge_runtime.frame_pyramid.FramePyramid`).
 2. ``encode_query``: the exported query encoder.
 3. ``retrieval``: for every map, dual-softmax + mutual nearest neighbours between the query's topic features and all
    of that map's cached coarse cells at once (one matrix product over the whole map, overlapping tiles deduplicated
@@ -13,7 +14,8 @@ Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
    query cell in any tile and loses the evidence that one place matches better than all others). A temporal prior
    searches near the last good fix first and widens to all maps when the confidence drops.
 4. ``read_roi`` + ``encode_roi``: the region of interest around the retrieved location, read (windowed) from the
-   original raster and encoded with the tile encoder.
+   original raster and encoded with the tile encoder; skipped when a region kept from an earlier frame lies close
+   enough (``LocatorConfig.roi_cache_size``, :mod:`edge_runtime.region_cache`).
 5. ``coarse_match`` + ``fine_match``: MKNN coarse matches and the exported multi-level fine matcher.
 6. ``homography``: MAGSAC (the first fit).
 7. ``refine_render`` and a second ``encode_query`` / ``coarse_match`` / ``fine_match`` / ``homography``
