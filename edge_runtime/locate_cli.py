@@ -66,8 +66,8 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
         except (ValueError, OSError) as exc:  # no usable EXIF: the frame is still located, without those priors
             logger.info("%s: no EXIF/XMP priors (%s)", path.name, exc)
         else:
-            if altitude is not None:
-                meta = replace(meta, relative_altitude_m=altitude)
+            if altitude is not None:  # the command line's altitude replaces the EXIF one (applied below)
+                meta = replace(meta, relative_altitude_m=None)
             try:
                 priors = priors_from_metadata(meta, utc_offset_h)
             except TelemetryError as exc:
@@ -79,9 +79,8 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
                 logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
     if camera is not None and camera.size != (frame_shape[1], frame_shape[0]):
         camera = camera.scaled(frame_shape[1], frame_shape[0])
-    if priors.source == "none" and altitude is not None:
-        priors = replace(priors, altitude_agl_m=altitude)
-    return replace(priors, frame_gsd_m=gsd), camera
+    return replace(priors, altitude_agl_m=altitude if altitude is not None else priors.altitude_agl_m,
+                   frame_gsd_m=gsd), camera
 
 
 def result_json(image: Path, result: LocateResult) -> dict[str, Any]:
