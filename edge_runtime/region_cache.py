@@ -86,9 +86,6 @@ class RegionCache:
         while len(self._regions) > self.capacity:
             self._regions.popitem(last=False)
 
-    def clear(self) -> None:
-        self._regions.clear()
-
     def stats(self) -> dict[str, Any]:
         """``hits``, ``misses`` and ``regions`` held."""
         return {"hits": self.hits, "misses": self.misses, "regions": len(self._regions)}
