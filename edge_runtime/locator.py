@@ -96,15 +96,16 @@ class LocatorConfig:
         verify_candidates: retrieval hypotheses (one per map, scale and rotation of the frame) verified by the fine
             stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage, a frame
             without a fix this many. Retrieval ranks the right place among its first few hypotheses more often than
-            first, so two by default: on the 132 pooled SJER + NAIP dev tuning queries (seeds 1-3, stage-4
-            checkpoint, refinement pass, rules calibrated per value at >= 90 % precision) one hypothesis keeps 34
-            right fixes of 36 accepted (rules 64 / 124), two keep 45 of 47 (63 / 124), three 50 of 55 (63 / 96:
-            five wrong fixes instead of two, and a longer tail of latency). On the 20 NAIP report
-            queries (17 km2, no priors) the median latency stays about the same (most frames end after the first
-            hypothesis or without a retrieval candidate); the p95 grows from ~520 to ~770 ms. One-pass history:
-            SJER tuning queries kept 18 right fixes with one hypothesis (rule 90), 25 with two, 28 with three. The
-            acceptance rules must be calibrated for the value used (``benchmarks.acceptance --verify-candidates``)
-            and stored in the checkpoint (``python -m topicgeo.train.card --min-inliers --min-first-pass-inliers``).
+            first, so three by default: on the 132 pooled SJER + NAIP dev tuning queries (seeds 1-3, stage-4
+            checkpoint, refinement pass, rules calibrated per value at >= 90 % precision,
+            ``topicgeo/assets/acceptance.json``) one hypothesis keeps 34 right fixes of 36 accepted (rules 64 / 124),
+            two 45 of 47 (63 / 118), three 51 of 56 (63 / 79), four 52 of 57 (83 / 79). Three became the default once
+            the region cache and the frame pyramid had made a fine stage cheap: on the 20 NAIP report queries (17
+            km2, no priors; same sitting) the median latency went from 127 to 171 ms and the p95 from 217 to 326 ms
+            against two. One-pass history: SJER tuning queries kept 18 right fixes with one hypothesis (rule 90),
+            25 with two, 28 with three. The acceptance rules must be calibrated for the value used
+            (``benchmarks.acceptance --verify-candidates``) and stored in the checkpoint (``python -m
+            topicgeo.train.card --min-inliers --min-first-pass-inliers``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
         min_inliers: inliers the fix's final fit needs (the refinement pass's fit when ``refine`` is on); None
@@ -165,7 +166,7 @@ class LocatorConfig:
     target_ratio: float = 1.6
     min_overview_ratio: float = 1.0
     shortlist: int = 3
-    verify_candidates: int = 2
+    verify_candidates: int = 3
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     min_confidence: float = 0.01
     min_inliers: int | None = None
