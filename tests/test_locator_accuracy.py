@@ -6,7 +6,7 @@ the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: th
 lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
 
 The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-12-06 with the stage-4
-checkpoint, step 22800, the refinement pass, two hypotheses per frame, rules 63 refined / 124 first-pass inliers, and
+checkpoint, step 22800, the refinement pass, three hypotheses per frame, rules 63 refined / 79 first-pass inliers, and
 the 0.1 m point-cloud orthophoto matched on its 0.2 m overview level): of the six bundled frames two get a fix,
 DJI_0033 1.5 m and DJI_0030 15 m from the SfM position (on the twelve full-size frames of ``edge-bench``: 3 of 12,
 1.5-1.8 m); the others stay below the rules. An SJER plot and a NAIP crop are not placed on

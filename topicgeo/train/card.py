@@ -140,9 +140,9 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "to 5/8 of the mixture with query sides of 100-450 px, lr 1.5e-4, 4200 steps to 27000, 1.0 h) was aimed at "
         "NAIP, which the stage-4 weights under-fit (a right fit for 11 of 20 queries of a training date pair, 6 of 20 "
         "of the dev pair). Through the same release steps it chose a coarse threshold of 0.1 and kept 43 right fixes "
-        "of 46 on the 132 pooled tuning queries against stage 4's 45 of 47 (NAIP 15 of 15 against 13 of 14, SJER 28 "
-        "of 31 against 32 of 33; retrieval R@1 on the 72 SJER tuning queries 48.6 % against 55.6 %), so it was not "
-        "released.",
+        "of 46 on the 132 pooled tuning queries against stage 4's 45 of 47 (two hypotheses per frame; NAIP 15 of 15 "
+        "against 13 of 14, SJER 28 of 31 against 32 of 33; retrieval R@1 on the 72 SJER tuning queries 48.6 % against "
+        "55.6 %), so it was not released.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
         + (f", chosen by `python -m topicgeo.eval.tune` (retrieval R@1 by coarse threshold on "
