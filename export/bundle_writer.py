@@ -24,7 +24,7 @@ from edge_runtime.bundle import BUNDLE_SCHEMA, GRAPH_NAMES
 from export.onnx_export import OPSET, PRECISIONS, export_graph
 from export.tensorrt_build import build_engines
 from export.topics import TopicEmbeddings, save_topic_embeddings
-from topicgeo.checkpoint import load_model, read_checkpoint
+from topicgeo.checkpoint import model_from_payload, read_checkpoint
 from topicgeo.config import COARSE_STRIDE
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def export_bundle(checkpoint: Path, out: Path, config: ExportConfig, overwrite: 
     """Export ``checkpoint`` into the bundle folder ``out`` (atomically); returns ``out``."""
     checkpoint = Path(checkpoint)
     payload = read_checkpoint(checkpoint)
-    model = load_model(checkpoint)
+    model = model_from_payload(payload, checkpoint)
     ckpt_sha = sha256_file(checkpoint)
     topics = bundle_topics(payload, model.prompts)
     bundle_id = hashlib.sha256(

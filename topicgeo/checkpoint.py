@@ -83,7 +83,14 @@ def load_model(
         expected_config: when given, the checkpoint's config must equal it.
         prompts: when given, these ``(P, D)`` embeddings must hash to the checkpoint's prompt hash.
     """
-    payload = read_checkpoint(path)
+    return model_from_payload(read_checkpoint(path), path, expected_config, prompts)
+
+
+def model_from_payload(
+    payload: dict[str, Any], path: Path, expected_config: TopicGeoConfig | None = None,
+    prompts: torch.Tensor | None = None,
+) -> TopicGeo:
+    """:func:`load_model` on a payload already read by :func:`read_checkpoint` from ``path`` (named in errors)."""
     config = TopicGeoConfig.from_dict(payload["config"])
     if expected_config is not None and expected_config != config:
         raise CheckpointError(
