@@ -146,9 +146,9 @@ class LocatorConfig:
             against 22 of 24 with ``auto`` (rule 100) and 18 of 19 without the refinement (rule 90); a gate of 0 or 2
             cells kept 21 and 23. Set ``auto`` for an oblique camera.
         refine_min_first_inliers: a first fit with fewer inliers is not refined (the hypothesis is rejected: the
-            first-pass rule is far stricter). On the 132 pooled dev tuning queries with two hypotheses no right fix
-            came from a first fit with fewer than 20 inliers; 16 skips 66 of 231 refinements (~90 ms each on this
-            CPU) and keeps every fix.
+            first-pass rule is far stricter). On the 132 pooled dev tuning queries no right fix came from a first
+            fit with fewer than 20 inliers, with two hypotheses or with three; 16 skips 66 of 231 refinements with
+            two and 82 of 314 with three (~90 ms each on this CPU) and keeps every fix.
         roi_cache_size: encoded regions of interest kept across frames (:class:`~edge_runtime.region_cache.RegionCache`;
             ~9 MB each for the reference bundle's 512-px tiles). A frame whose wanted region lies within
             ``roi_reuse_fraction`` of the tile side of a kept region on the same map level reuses it instead of
