@@ -929,6 +929,7 @@ def _open_map_cache(
             record=rec,
             search_dirs=(*dirs, root),
         )
+    cache = MapCache(root=root, manifest=manifest, maps=maps, overviews=overviews)
     logger.info("map cache %s: %d maps (+%d overview levels), %d tiles, bundle %s", root, len(maps), len(overviews),
-                sum(m.n_tiles for m in [*maps.values(), *overviews.values()]), manifest["bundle"]["bundle_id"])
-    return MapCache(root=root, manifest=manifest, maps=maps, overviews=overviews)
+                cache.n_tiles, cache.bundle_id)
+    return cache
