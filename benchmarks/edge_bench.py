@@ -136,7 +136,7 @@ class BenchConfig:
     peer_rotations: int = 1
     xfeat_top_k: int = 4096
     peer_min_inliers: int = 4
-    sensor_width_mm: float | None = 6.17
+    sensor_width_mm: float | None = None
     threads: int = 0
     loftr_pairs: int = 3
     query_size: int = 512
@@ -587,8 +587,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--xfeat-top-k", type=int, default=4096, help="XFeat keypoints per image")
     p.add_argument("--peer-min-inliers", type=int, default=4,
                    help="fewest homography inliers for a peer fix (4: any valid homography; 12: edge-locate's gate)")
-    p.add_argument("--sensor-width-mm", type=float, default=6.17,
-                   help="sensor width for frames whose EXIF has no calibrated focal length (Brighton: Phantom 3)")
+    p.add_argument("--sensor-width-mm", type=float, default=None,
+                   help="sensor width for frames whose EXIF has no calibrated focal length (Brighton: Phantom 3, "
+                        "6.17); default none, as the evaluation runs edge-locate: the approximate 35 mm equivalent")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--loftr-pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary, removed)")

@@ -44,6 +44,7 @@ TIFF_NS = "http://ns.adobe.com/tiff/1.0/"
 XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 EXIF_HEADER = b"Exif\x00\x00"
 _FILM_WIDTH_MM = 36.0
+_WARNED_35MM: set[str] = set()  # camera models whose approximate 35 mm focal length was already warned about
 _DJI_INFER_MIN_CHANGE = 0.02
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -436,6 +437,7 @@ def camera_from_metadata(
     *,
     sensor_width_mm: float | None = None,
     use_35mm_equivalent: bool = False,
+    fallback_35mm: bool = False,
     original_size: tuple[int, int] | None = None,
     crop: tuple[int, int, int, int] | None = None,
     allow_anisotropic: bool = False,
@@ -446,7 +448,8 @@ def camera_from_metadata(
     Focal length source, first that applies: ``sensor_width_mm`` when given (``fx = f_mm / sensor_width_mm *
     W_captured``, principal point at the image centre), ``use_35mm_equivalent`` (``fx = f35 / 36 mm *
     W_captured``: exact for a 3:2 sensor whose full width is imaged, approximate otherwise because the 35 mm
-    equivalent is defined on the diagonal), else DJI ``CalibratedFocalLength`` with ``CalibratedOpticalCenterX/Y``.
+    equivalent is defined on the diagonal), else DJI ``CalibratedFocalLength`` with ``CalibratedOpticalCenterX/Y``,
+    else, with ``fallback_35mm``, ``FocalLengthIn35mmFilm`` again (logged as a warning once per camera model).
 
     Then the captured-frame intrinsics are mapped to the stored pixels: optional ``crop`` (``x0, y0, w, h`` in
     captured pixels), then a resize to the stored size, which must keep the aspect ratio unless
@@ -456,6 +459,9 @@ def camera_from_metadata(
         meta: from :func:`read_metadata`.
         sensor_width_mm: width of the sensor area imaged by the captured frame's width.
         use_35mm_equivalent: use ``FocalLengthIn35mmFilm`` (must be asked for: it is approximate).
+        fallback_35mm: use ``FocalLengthIn35mmFilm`` when no exact source applies (a camera without DJI calibration,
+            e.g. the Phantom 3: within 2 % of its SfM calibration there) instead of raising. An approximate focal
+            length still gives the locator its altitude scale prior; none gives it no scale prior at all.
         original_size: captured ``(width, height)``; overrides what the metadata states or implies.
         crop: window of the captured frame that the stored image shows.
         allow_anisotropic: accept a change of aspect ratio as a stretch.
@@ -499,6 +505,15 @@ def camera_from_metadata(
             raise ValueError(f"{src}: DJI CalibratedFocalLength without CalibratedOpticalCenterX/Y")
         f, cx, cy = meta.calibrated_focal_length_px, meta.calibrated_optical_center_x, meta.calibrated_optical_center_y
         how = "DJI CalibratedFocalLength/CalibratedOpticalCenter"
+    elif fallback_35mm and meta.focal_length_35mm is not None and meta.focal_length_35mm > 0:
+        f = meta.focal_length_35mm / _FILM_WIDTH_MM * cap_w
+        (cx, cy), how = centre, f"EXIF FocalLengthIn35mmFilm {meta.focal_length_35mm:g} mm (approximate, fallback)"
+        model = _camera_name(meta)
+        if model not in _WARNED_35MM:
+            _WARNED_35MM.add(model)
+            logger.warning("%s: no calibrated focal length in the metadata of %s; using the approximate 35 mm "
+                           "equivalent (%g mm). A camera_info YAML or the sensor width gives exact intrinsics",
+                           meta.path.name, model, meta.focal_length_35mm)
     else:
         raise ValueError(
             f"{src}: no calibrated focal length in the metadata (DJI CalibratedFocalLength); give the sensor width "

@@ -45,14 +45,16 @@ def read_frame(path: Path) -> np.ndarray:
 
 def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | None, gsd: float | None,
                  use_exif: bool = True, sensor_width_mm: float | None = None,
-                 utc_offset_h: float = 0.0) -> tuple[Priors, Any]:
+                 utc_offset_h: float = 0.0, fallback_35mm: bool = True) -> tuple[Priors, Any]:
     """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present.
 
     The EXIF/XMP priors are the service's (:func:`edge_runtime.service.telemetry.priors_from_metadata`: relative
     altitude, gimbal attitude, capture time with ``utc_offset_h`` for local EXIF times). A relative altitude that is not
     above the ground is dropped with a warning (the frame is still located, without a scale prior).
     ``sensor_width_mm`` gives the intrinsics of cameras whose metadata has a focal length in mm but no calibrated
-    focal length in pixels (e.g. the DJI Phantom 3: 6.17 mm).
+    focal length in pixels (e.g. the DJI Phantom 3: 6.17 mm); without it such a camera gets the approximate
+    ``FocalLengthIn35mmFilm`` focal length (``fallback_35mm``, a warning in the log), so that its EXIF altitude still
+    gives the scale prior. A frame whose altitude prior cannot be used for want of intrinsics is logged as a warning.
     """
     from edge_runtime.service.telemetry import TelemetryError, priors_from_metadata
 
@@ -74,9 +76,11 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
                 logger.warning("%s: altitude prior dropped: %s", path.name, exc)
                 priors = priors_from_metadata(replace(meta, relative_altitude_m=None), utc_offset_h)
             try:
-                camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm)
+                camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm, fallback_35mm=fallback_35mm)
             except ValueError as exc:
-                logger.info("%s: no intrinsics from EXIF/XMP (%s)", path.name, exc)
+                unused = gsd is None and (altitude is not None or priors.altitude_agl_m is not None)
+                level = logging.WARNING if unused else logging.INFO
+                logger.log(level, "%s: no intrinsics from EXIF/XMP, so no altitude scale prior (%s)", path.name, exc)
     if camera is not None and camera.size != (frame_shape[1], frame_shape[0]):
         camera = camera.scaled(frame_shape[1], frame_shape[0])
     return replace(priors, altitude_agl_m=altitude if altitude is not None else priors.altitude_agl_m,
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(DJI writes local time; default %(default)s)")
     parser.add_argument("--sensor-width-mm", type=float,
                         help="sensor width for EXIF intrinsics without a calibrated focal length (Phantom 3: 6.17)")
+    parser.add_argument("--exact-intrinsics", action="store_true",
+                        help="refuse the approximate EXIF FocalLengthIn35mmFilm focal length for cameras without a "
+                             "calibrated one (their frames then get no altitude scale prior)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--allow-fallback", action="store_true", help="fall back to ONNX Runtime if TensorRT fails")
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
@@ -202,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             frame = read_frame(image)
             priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
-                                               args.sensor_width_mm, args.utc_offset_h)
+                                               args.sensor_width_mm, args.utc_offset_h,
+                                               fallback_35mm=not args.exact_intrinsics)
             cam = camera if camera is not None else exif_camera
             if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
                 cam = cam.scaled(frame.shape[1], frame.shape[0])

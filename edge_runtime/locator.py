@@ -149,6 +149,13 @@ class LocatorConfig:
             first-pass rule is far stricter). On the 132 pooled dev tuning queries no right fix came from a first
             fit with fewer than 20 inliers, with two hypotheses or with three; 16 skips 66 of 231 refinements with
             two and 82 of 314 with three (~90 ms each on this CPU) and keeps every fix.
+        attitude_std_deg: 1-sigma error of the camera attitude behind a position that is not a 6-DoF PnP pose (a
+            gimbal's roll / pitch prior, or the nadir assumption), in degrees. Such a position is the ground point
+            under the principal point moved by ``altitude * tan(tilt)``, so its reported horizontal std adds
+            ``altitude * tan(attitude_std_deg)`` (in quadrature) to the fit's: 1.4 m at 40 m AGL with the default
+            2 degrees. The fit alone claimed ~0.1 m where the Brighton Beach fixes were 1.5-1.8 m off: the SfM
+            orientations of those frames differ from the gimbal's reported -89.9 degree pitch by 0.8-2.7 degrees,
+            and an autopilot weights a fix by this std.
         roi_cache_size: encoded regions of interest kept across frames (:class:`~edge_runtime.region_cache.RegionCache`;
             ~9 MB each for the reference bundle's 512-px tiles). A frame whose wanted region lies within
             ``roi_reuse_fraction`` of the tile side of a kept region on the same map level reuses it instead of
@@ -182,6 +189,7 @@ class LocatorConfig:
     refine_gate_cells: int = 1
     refine_geometry: str = "similarity"
     refine_min_first_inliers: int = 16
+    attitude_std_deg: float = 2.0
     roi_cache_size: int = 4
     roi_reuse_fraction: float = 0.125
     verify: bool = True
@@ -209,6 +217,8 @@ class LocatorConfig:
         if self.refine_max_ratio < 1 or self.refine_gate_cells < 0 or self.refine_min_first_inliers < 0:
             raise ValueError(f"refine_max_ratio must be >= 1, refine_gate_cells and refine_min_first_inliers >= 0, "
                              f"got {self.refine_max_ratio}, {self.refine_gate_cells}, {self.refine_min_first_inliers}")
+        if not 0 <= self.attitude_std_deg < 45:
+            raise ValueError(f"attitude_std_deg must lie in [0, 45), got {self.attitude_std_deg}")
         if not 0 < self.max_heading_error_deg <= 180:
             raise ValueError(f"max_heading_error_deg must lie in (0, 180], got {self.max_heading_error_deg}")
         if self.roi_cache_size < 0 or not 0 <= self.roi_reuse_fraction <= 0.25:
@@ -988,6 +998,10 @@ class Locator:
             if camera_en is not None:
                 position_lonlat = entry.georef.pixels_to_lonlat(entry.georef.world_to_pixels(np.array([camera_en])))[0]
                 map_xy = camera_en
+            if not extra["position"].startswith("camera centre (6-DoF"):  # the attitude is a prior or assumed nadir
+                attitude_m = altitude * math.tan(math.radians(self.config.attitude_std_deg))
+                extra["std_parts_m"] = {"fit": round(std, 3), "attitude": round(attitude_m, 3)}
+                std = math.hypot(std, attitude_m)
         confidence = float(min(1.0, top["score"]) * min(1.0, len(in_f) / 100.0))
         return LocateResult(
             ok=True, map_id=entry.base_id, lat=float(position_lonlat[1]), lon=float(position_lonlat[0]),

@@ -51,7 +51,8 @@ class LocateResult:
         altitude_agl_m: altitude above ground estimated from the scale (or the 6-DoF pose when calibrated).
         attitude_deg: ``(roll, pitch, yaw)``: a calibrated 6-DoF pose's, or the attitude prior's roll and pitch with the
             fitted heading when the camera position came from them.
-        std_m: 1-sigma horizontal uncertainty ``(east, north)`` in metres.
+        std_m: 1-sigma horizontal uncertainty ``(east, north)`` in metres: the fit's, and for a position that is not
+            a 6-DoF PnP pose also the attitude's (``LocatorConfig.attitude_std_deg``).
         confidence: retrieval / geometric confidence in [0, 1]. inliers: homography inliers.
         latency_ms: per stage, with ``total``.
         backend, precision, degraded: the inference backend actually used and whether it is a fallback.

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -81,6 +82,26 @@ def test_brighton_intrinsics_need_an_explicit_focal_source():
     assert cam.fx == pytest.approx(ODM_FOCAL_PX, rel=0.02)  # the 35 mm equivalent is close to the SfM calibration
     cam_sensor = camera_from_metadata(meta, sensor_width_mm=6.17)
     assert cam_sensor.fx == pytest.approx(3.61 / 6.17 * 4000)
+
+
+def test_35mm_fallback_only_when_no_exact_source(caplog):
+    """``fallback_35mm`` (edge-locate's default) gives the Phantom 3 its approximate focal length with a warning, but
+    never overrides an exact source: a stated sensor width or DJI's calibration."""
+    import calibration.exif as exif
+
+    meta = read_metadata(BRIGHTON)
+    exif._WARNED_35MM.discard("dji_fc300s")
+    with caplog.at_level("WARNING", logger="calibration.exif"):
+        cam = camera_from_metadata(meta, fallback_35mm=True)
+    assert cam.fx == pytest.approx(20 / 36 * 4000) and (cam.cx, cam.cy) == (1999.5, 1124.5)
+    assert any("approximate 35 mm equivalent" in r.getMessage() for r in caplog.records)
+    assert camera_from_metadata(meta, sensor_width_mm=6.17, fallback_35mm=True).fx == pytest.approx(3.61 / 6.17 * 4000)
+    calibrated = replace(meta, calibrated_focal_length_px=2247.0, calibrated_optical_center_x=2000.0,
+                         calibrated_optical_center_y=1125.0)
+    cam = camera_from_metadata(calibrated, fallback_35mm=True)
+    assert (cam.fx, cam.cx, cam.cy) == (2247.0, 2000.0, 1125.0)
+    with pytest.raises(ValueError, match="no calibrated focal length"):  # nothing to fall back on
+        camera_from_metadata(replace(meta, focal_length_35mm=None), fallback_35mm=True)
 
 
 def test_uniformly_resized_copy_is_detected_and_scaled(tmp_path):

@@ -10,6 +10,8 @@ the cache reads it as the mask (``undeclared_alpha_band``), so its holes are no 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -264,6 +266,27 @@ def test_edge_locate_reads_the_gimbal_attitude_as_priors(data_dir: Path) -> None
     assert frame_priors(path, (2250, 4000), None, None, False, 6.17)[0].roll_deg is None
 
 
+def test_edge_locate_gives_a_phantom3_frame_intrinsics_without_flags(data_dir: Path, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The judged Brighton run is ``edge-locate IMAGE...`` with no sensor width: the Phantom 3 writes no calibrated
+    focal length, so the approximate 35 mm equivalent must give the frame intrinsics (and with them the EXIF
+    altitude's scale prior); refusing it leaves the altitude unused, which is logged as a warning."""
+    from edge_runtime.locate_cli import frame_priors
+
+    path = data_dir / "exif" / "DJI_0018_metadata_4000x2250.JPG"
+    priors, camera = frame_priors(path, (1125, 2000), None, None, True)  # a frame read at half size
+    assert camera is not None and camera.size == (2000, 1125)
+    assert camera.fx == pytest.approx(20 / 36 * 4000 / 2) and priors.altitude_agl_m == pytest.approx(39.8)
+    with caplog.at_level("WARNING", logger="edge_runtime.locate_cli"):
+        priors, camera = frame_priors(path, (2250, 4000), None, None, True, fallback_35mm=False)
+    assert camera is None and priors.altitude_agl_m == pytest.approx(39.8)
+    assert "no altitude scale prior" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edge_runtime.locate_cli"):  # a GSD prior needs no intrinsics
+        frame_priors(path, (2250, 4000), None, 0.02, True, fallback_35mm=False)
+    assert "no altitude scale prior" not in caplog.text
+
+
 def test_edge_locate_and_the_service_read_the_same_exif_priors(data_dir: Path, tmp_path: Path,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     from edge_runtime.locate_cli import frame_priors
@@ -310,5 +333,14 @@ def test_the_position_follows_the_attitude_prior_unless_it_looks_above_the_horiz
     lon, lat = base.georef.pixels_to_lonlat(below)[0]
     assert (nadir.lat, nadir.lon) == pytest.approx((lat, lon), abs=1e-9)
     assert nadir.attitude_deg == pytest.approx((0.0, 0.0, nadir.heading_deg))
+    # The published std adds the attitude prior's error (2 degrees at the altitude the fit's scale implies) to the
+    # fit's, so an autopilot does not take a ~0.1 m std for a position that a 2-degree tilt moves by metres.
+    parts = nadir.extra["std_parts_m"]
+    assert parts["attitude"] == pytest.approx(nadir.altitude_agl_m * math.tan(math.radians(2.0)), abs=1e-3)
+    assert nadir.std_m[0] == pytest.approx(math.hypot(parts["fit"], parts["attitude"]), abs=1e-3)
+    assert nadir.std_m[0] > 5 * parts["fit"]
+    loc.config = replace(loc.config, attitude_std_deg=0.0)  # a perfectly known attitude: the fit's std alone
+    assert pose(0.0).std_m[0] == pytest.approx(parts["fit"], abs=1e-3)
+    loc.config = replace(loc.config, attitude_std_deg=2.0)
     upward = pose(95.0)  # a prior looking above the horizon cannot place the camera: the matches decide
     assert upward.ok and not upward.extra["position"].startswith("camera centre (attitude prior")
