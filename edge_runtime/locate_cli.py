@@ -3,6 +3,9 @@
 Contract (benchmarks rely on it): ``image``, ``ok``, and when ok ``map_id``, ``footprint_px`` (the image corners
 (0,0), (w,0), (w,h), (0,h) in that map's pixel grid), ``lat``, ``lon``, ``heading_deg``, ``confidence``,
 ``inliers``, ``latency_ms`` (per stage and ``total``); when not ok, ``reason``.
+
+Every image is located on its own unless ``--sequence`` says they are consecutive frames of one flight (then the
+locator's temporal prior searches near the last fix first, as the onboard service does).
 """
 
 from __future__ import annotations
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="verify each hypothesis in one pass (no re-rendered second pass; for diagnosis: the "
                              "bundle's acceptance rule is calibrated with the refinement)")
+    parser.add_argument("--sequence", action="store_true",
+                        help="the images are consecutive frames of one flight, in capture order: search near the "
+                             "last fix first (the temporal prior). Default: every image on its own")
     parser.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
     parser.add_argument("--viz", type=Path, help="write a picture per frame into this folder")
     parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
@@ -192,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
                                verify_candidates=args.verify_candidates, refine=args.refine,
+                               temporal_prior=args.sequence,
                                verify=not args.no_verify)
     except ValueError as exc:
         parser.error(str(exc))

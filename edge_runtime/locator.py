@@ -129,6 +129,13 @@ class LocatorConfig:
             from it by at most this many degrees. A compass and gimbal yaw are good to a few degrees and grid north
             is within ~2 degrees of true north in UTM; a fit that turns the north-up frame by more than that has
             matched the wrong place.
+        temporal_prior: frames are a sequence (one camera in flight, in capture order): after a fix the next frame
+            is retrieved among the cells within ``prior_radius_m`` of it first, and against every map only when
+            nothing there reaches ``min_confidence`` or the fix is lost. On for the onboard service; ``edge-locate``
+            turns it on with ``--sequence`` only, because between unrelated images it blinds retrieval: on the 24
+            SJER report queries (grouped by plot, so a query often follows a fix on another plot) it held fp32 R@1
+            / mIoU at 54.2 / 43.4 % against 66.7 / 54.4 % with each image on its own (stage-4 checkpoint,
+            ``benchmarks/results/2026-12-06_cpu_independent``).
         prior_radius_m: the temporal prior searches tiles within this distance of the last fix first.
         refine: verify a hypothesis in two passes. The first fit (frame matched as encoded for retrieval: turned by a
             quarter turn, never rectified) predicts where the frame lies on the region of interest; the frame is then
@@ -183,6 +190,7 @@ class LocatorConfig:
     homography_gain: float = HOMOGRAPHY_GAIN
     max_scale_error: float = 2.0
     max_heading_error_deg: float = 15.0
+    temporal_prior: bool = True
     prior_radius_m: float = 150.0
     refine: bool = True
     refine_max_ratio: float = 2.0
@@ -570,8 +578,9 @@ class Locator:
     # ------------------------------------------------------------------ retrieval
     def search_area(self) -> dict[str, np.ndarray] | None:
         """Temporal prior: the cells of the last fix's map (and of its overview levels) within ``prior_radius_m`` of
-        it (``{entry id: (M,) bool}``), or None (every map, every cell) when there is no fix to start from."""
-        if self.last_fix is None:
+        it (``{entry id: (M,) bool}``), or None (every map, every cell) when there is no fix to start from or the
+        config has no ``temporal_prior``."""
+        if self.last_fix is None or not self.config.temporal_prior:
             return None
         map_id, xy = self.last_fix
         area = {}

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return via_service(bundle, cache, args.out, args.broker)
     frames = [str(p) for p in frame_files()]
     out = run([py, "-m", "edge_runtime.locate_cli", "--bundle", str(bundle), "--cache", str(cache), "--json",
-               "--sensor-width-mm", "6.17", "--viz", str(args.out / "viz"), *frames])
+               "--sequence", "--sensor-width-mm", "6.17", "--viz", str(args.out / "viz"), *frames])
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     gt = truth()
     errors = []

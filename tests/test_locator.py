@@ -222,6 +222,27 @@ def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache:
         assert first["reason"]
 
 
+@pytest.mark.parametrize("flags, temporal", [([], False), (["--sequence"], True)])
+def test_edge_locate_locates_each_image_on_its_own_unless_told_they_are_a_sequence(
+        flags: list[str], temporal: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Unrelated images must not narrow each other's search (the temporal prior cost the SJER report queries 12.5
+    points of R@1); frames of one flight may (``--sequence``), as in the onboard service."""
+    import edge_runtime.locate_cli as cli
+
+    seen: list[LocatorConfig] = []
+
+    def fake_open(bundle: Path, cache: Path, config: LocatorConfig) -> None:
+        seen.append(config)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli.Locator, "open", staticmethod(fake_open))
+    assert main(["--bundle", str(tmp_path), "--cache", str(tmp_path), str(tmp_path / "a.png"), *flags]) == 2
+    assert "stop here" in capsys.readouterr().err
+    assert len(seen) == 1 and seen[0].temporal_prior is temporal
+    assert LocatorConfig().temporal_prior  # the service's default: a live camera is a sequence
+
+
 def test_edge_locate_viz_draws_fixes_and_no_fixes_but_not_unreadable_files(
         tiny_bundle: Path, sjer_cache: Path, data_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,6 +205,8 @@ def test_query_plans_use_a_level_with_a_scale_prior_and_the_maps_without(overvie
     near = loc.cells["brighton_mosaic@2x"].centres_px[area["brighton_mosaic@2x"]]
     assert np.all(np.linalg.norm(near * 2 + 0.5 - [1000.0, 900.0], axis=1)
                   <= LocatorConfig().prior_radius_m / gsd + 2 * loc.tile_size / 2 + 1)
+    loc.config = replace(loc.config, temporal_prior=False)  # unrelated images (edge-locate without --sequence)
+    assert loc.search_area() is None
 
 
 @pytest.mark.parametrize("yaw, pitch, roll", [(0.0, 0.0, 0.0), (30.0, 8.0, 0.0), (200.0, -5.0, 12.0)])
