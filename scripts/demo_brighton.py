@@ -174,9 +174,10 @@ class Recorder:
                              "lat": lat, "lon": lon, "error_m": err, "latency_ms": latency,
                              "end_to_end_ms": msg["latency_ms"].get("end_to_end"),
                              "confidence": msg["quality"]["confidence"], "inliers": msg["quality"]["inliers"]}
+        self.frames[name]["std_m"] = msg["std_m"]["east"]
         err_text = f"{err:7.2f} m" if err is not None else "no ground truth"
-        print(f"pose    {name:<13} {lat:12.7f} {lon:13.7f}  on {msg['map_id']:<20} error {err_text}  "
-              f"({latency:.0f} ms)", flush=True)
+        print(f"pose    {name:<13} {lat:12.7f} {lon:13.7f}  on {msg['map_id']:<20} error {err_text} "
+              f"(claimed std {msg['std_m']['east']:.2f} m, {latency:.0f} ms)", flush=True)
 
     def _status(self, msg: dict[str, Any]) -> None:
         event = msg["event"]
@@ -332,15 +333,17 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     gt = truth()
     errors = []
-    print(f"\n{'frame':<14} {'located':<8} {'map':<22} {'lat':>12} {'lon':>13} {'error m':>8}  reason")
+    print(f"\n{'frame':<14} {'located':<8} {'map':<22} {'lat':>12} {'lon':>13} {'error m':>8} {'std m':>6}  reason")
     for rec in records:
         name = Path(rec["image"]).name
         if rec["ok"]:
             err = haversine_m(rec["lat"], rec["lon"], *gt[name])
             errors.append(err)
-            print(f"{name:<14} {'yes':<8} {rec['map_id']:<22} {rec['lat']:>12.7f} {rec['lon']:>13.7f} {err:>8.2f}")
+            print(f"{name:<14} {'yes':<8} {rec['map_id']:<22} {rec['lat']:>12.7f} {rec['lon']:>13.7f} {err:>8.2f} "
+                  f"{rec['std_m'][0]:>6.2f}")
         else:
-            print(f"{name:<14} {'no':<8} {rec.get('map_id', '-'):<22} {'':>12} {'':>13} {'':>8}  {rec['reason']}")
+            print(f"{name:<14} {'no':<8} {rec.get('map_id', '-'):<22} {'':>12} {'':>13} {'':>8} {'':>6}  "
+                  f"{rec['reason']}")
     located = len(errors)
     summary = {"frames": len(records), "located": located,
                "median_error_m": float(np.median(errors)) if errors else None,

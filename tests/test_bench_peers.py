@@ -60,11 +60,16 @@ def test_peer_cli_locates_real_drone_frames_near_their_gps(tmp_path: Path, capsy
     stats = tmp_path / "stats.json"
     code = peer_cli.main(["--method", "sift", "--map", str(DATA / "maps" / "brighton_ortho_0p10m_x364_y377.tif"),
                           "--stats", str(stats), "--json", *map(str, frames)])
-    records = parse_json_lines(capsys.readouterr().out, "peer-locate")
+    printed = capsys.readouterr().out
+    records = parse_json_lines(printed, "peer-locate")
     assert code == 0 and [r.image for r in records] == [str(f) for f in frames]
-    # EXIF GPS agrees with the SfM positions to ~0.6 m; the frame-centre ground point adds the camera tilt (~1-2 m).
+    # EXIF GPS agrees with the SfM positions to ~0.6 m; the unmodelled camera tilt adds ~1-2 m. The Phantom 3 has no
+    # calibrated focal length: the EXIF 35 mm one gives the intrinsics, and with them the locator's pose step (gimbal
+    # roll / pitch, the fit's heading and scale; a PnP pose from these matches was 2.6-6.3 m off).
     errors = [haversine_m(r.lat, r.lon, *gps[Path(r.image).name]) for r in records]
-    assert max(errors) < 4.0, errors
+    assert max(errors) < 3.0, errors
+    positions = [json.loads(line)["position"] for line in printed.splitlines() if line.strip()]
+    assert all(p.startswith("camera centre (attitude prior") for p in positions), positions
     assert json.loads(stats.read_text(encoding="utf-8"))["tiles"] == 4  # 700 x 600 map, 512-px tiles
 
 

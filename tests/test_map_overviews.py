@@ -344,5 +344,18 @@ def test_the_position_follows_the_attitude_prior_unless_it_looks_above_the_horiz
     loc.config = replace(loc.config, attitude_std_deg=0.0)  # a perfectly known attitude: the fit's std alone
     assert pose(0.0).std_m[0] == pytest.approx(parts["fit"], abs=1e-3)
     loc.config = replace(loc.config, attitude_std_deg=2.0)
+    # the benchmark's peers place the camera by the same pose step (benchmarks.peers.locator.camera_position)
+    from benchmarks.peers.locator import camera_position
+
+    corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    e = level.georef.pixels_to_world(corners)
+    pixel_to_world = np.array([[*(e[1] - e[0]), 0.0], [*(e[2] - e[0]), 0.0], [0.0, 0.0, 1.0]]).T
+    pixel_to_world[:2, 2] = e[0]
+    tilted = Priors(roll_deg=3.0, pitch_deg=-2.0)
+    ours = loc._pose(np.zeros((300, 400, 3), np.uint8), H, grid, project_points(H, grid), level, {"score": 0.5},
+                     tilted, camera, None, {}, {})
+    theirs, how = camera_position(H, grid, level.georef.pixels_to_world(project_points(H, grid)), pixel_to_world,
+                                  camera, tilted, (400, 300))
+    assert how.startswith("attitude prior") and np.allclose(theirs, ours.map_xy, atol=1e-6)
     upward = pose(95.0)  # a prior looking above the horizon cannot place the camera: the matches decide
     assert upward.ok and not upward.extra["position"].startswith("camera centre (attitude prior")

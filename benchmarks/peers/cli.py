@@ -3,8 +3,9 @@
     python -m benchmarks.peers.cli --method sift --map A.tif [--map B.tif ...] [--tile-size 512] [--stats S.json]
                                    IMAGE... --json
 
-Map ids are the maps' file stems. JPEG frames with EXIF/XMP intrinsics get a 6-DoF camera position as in
-``edge-locate`` (``edge_runtime.locate_cli.frame_priors``); other images report the frame centre's ground point.
+Map ids are the maps' file stems. JPEG frames with EXIF/XMP intrinsics get a camera position by ``edge-locate``'s
+pose step (the gimbal's roll / pitch prior with the fit's heading and scale, else a 6-DoF PnP pose; priors and
+intrinsics from ``edge_runtime.locate_cli.frame_priors``); other images report the frame centre's ground point.
 ``--stats`` writes the offline preparation time (tile features) and the tile count as JSON. ``--time-pairs N``
 skips localisation and times N query/tile pairs at ``--pair-size`` (queries resized, the map's first tile).
 """
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     for image in args.images:
         try:
             frame = read_frame(image)
-            _, camera = frame_priors(image, frame.shape[:2], None, None, not args.no_exif)
-            record = locator.locate(frame, camera)
+            priors, camera = frame_priors(image, frame.shape[:2], None, None, not args.no_exif)
+            record = locator.locate(frame, camera, priors)
         except (FrameError, ValueError) as exc:
             record = {"ok": False, "reason": f"bad input: {exc}", "latency_ms": {"total": 0.0}}
         failures += not record["ok"]

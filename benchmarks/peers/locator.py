@@ -163,8 +163,12 @@ class PeerLocator:
         logger.info("%s: %d tiles of %d maps prepared in %.1f s", config.matcher.method, self.n_tiles,
                     len(self.maps), self.prepare_seconds)
 
-    def locate(self, frame: np.ndarray, camera: Any = None) -> dict[str, Any]:
+    def locate(self, frame: np.ndarray, camera: Any = None, priors: Any = None) -> dict[str, Any]:
         """Locate one RGB frame ``(H, W, 3)`` uint8; returns the ``edge-locate --json`` fields (without ``image``).
+
+        With a ``camera`` the position is the camera centre by the project locator's pose step
+        (:func:`camera_position`): from the attitude prior's roll and pitch (``priors``, an
+        :class:`~edge_runtime.types.Priors`) with the fit's heading and scale when there is one, else a 6-DoF PnP pose.
 
         Extra fields: ``candidates`` (map ids ranked by their best tile's inliers, maps without a homography left
         out) and ``tile`` (the winning tile's origin and size).
@@ -227,9 +231,9 @@ class PeerLocator:
         if camera is not None and m.crs_wkt is not None:
             in_frame = _apply(np.linalg.inv(R @ S), in_q)
             ground = _apply(m.pixel_to_world, in_t + np.array([tile.x0, tile.y0], np.float64))
-            cam = _camera_position(in_frame, ground, camera)
+            cam, how = camera_position(H, in_frame, ground, m.pixel_to_world, camera, priors, (w, h))
             if cam is not None:
-                world, position = cam, "camera centre (6-DoF PnP pose, as the project's locator)"
+                world, position = cam, f"camera centre ({how}, as the project's locator)"
         lon, lat_deg = _to_lonlat(m.to_lonlat, world)
         lat["pose"] = _ms(tp)
         lat["total"] = _ms(t0)
@@ -256,7 +260,33 @@ def _heading(H: np.ndarray, w: int, h: int, pixel_to_world: np.ndarray) -> float
     return round((math.degrees(math.atan2(d[0], d[1])) + 360.0) % 360.0, 3)
 
 
-def _camera_position(in_frame: np.ndarray, ground: np.ndarray, camera: Any) -> np.ndarray | None:
+def camera_position(H: np.ndarray, in_frame: np.ndarray, ground: np.ndarray, pixel_to_world: np.ndarray, camera: Any,
+                    priors: Any, frame_size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+    """Camera east/north as the project's locator places it (``Locator._pose``), and how.
+
+    With a roll / pitch prior: the camera that looks at the ground point under the principal point (through the frame
+    -> map homography ``H (3, 3)``) from the altitude the fit's scale implies, at the prior's tilt and the fit's
+    heading (:func:`~edge_runtime.locator.camera_position_from_attitude`). Otherwise a 6-DoF PnP pose from the
+    frame <-> ground inliers ``in_frame, ground (N, 2)`` over flat ground. ``pixel_to_world``: the map's ``(3, 3)``.
+    """
+    from edge_runtime.locator import camera_position_from_attitude, frame_camera, local_scale
+
+    w, h = frame_size
+    if priors is not None and priors.roll_deg is not None and priors.pitch_deg is not None:
+        seen = frame_camera(camera)
+        gsd = math.sqrt(abs(np.linalg.det(pixel_to_world[:2, :2])))
+        altitude = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0)) * gsd * math.sqrt(seen.fx * seen.fy)
+        principal = _apply(pixel_to_world, project_points(H, np.array([[seen.cx, seen.cy]])))[0]
+        try:
+            east, north = camera_position_from_attitude(principal, altitude, _heading(H, w, h, pixel_to_world),
+                                                        priors.pitch_deg, priors.roll_deg)
+            return np.array([east, north]), "attitude prior, fitted heading and scale"
+        except ValueError as exc:  # a prior above the horizon: the matches decide
+            logger.info("attitude prior not used for the position: %s", exc)
+    return _pnp_position(in_frame, ground, camera), "6-DoF PnP pose"
+
+
+def _pnp_position(in_frame: np.ndarray, ground: np.ndarray, camera: Any) -> np.ndarray | None:
     """Camera east/north from frame <-> ground inliers (flat ground, IPPE), as the project's locator does."""
     from calibration.geometry import PoseConfig, estimate_pose
 
