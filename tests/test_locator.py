@@ -410,6 +410,12 @@ def test_verify_candidates_must_be_positive() -> None:
         LocatorConfig(verify_candidates=0)
 
 
+@pytest.mark.parametrize("bad", [-0.5, 45.0, float("nan")])
+def test_attitude_std_must_be_a_small_angle(bad: float) -> None:
+    with pytest.raises(ValueError, match="attitude_std_deg"):
+        LocatorConfig(attitude_std_deg=bad)
+
+
 def _fit(inliers: int | None) -> tuple:
     """A stand-in fit with ``inliers`` inliers (None: no geometry), as ``Locator._match_and_fit`` returns it."""
     from edge_runtime.numerics.geometry import HomographyResult
