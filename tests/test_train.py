@@ -92,6 +92,13 @@ def test_warm_start_keeps_the_weights_of_a_released_checkpoint_and_the_presets_t
             assert torch.equal(warm.prompts, prompts) and prompt_hash(warm.prompts) == prompt_hash(prompts)
         else:
             assert torch.equal(warm.state_dict()[key], value.half().float()), key
+    # A release re-saved from the loaded fp16 checkpoint (the card tool re-writing a card) hashed the fp16 copy of the
+    # prompts; the topics file still warm-starts it, other embeddings still do not.
+    resaved = tmp_path / "resaved.pt"
+    save_checkpoint(resaved, load_model(path), {"step": 10000}, half=True)
+    assert torch.equal(warm_start_model(resaved, fresh).prompts, prompts)
+    with pytest.raises(CheckpointError, match="prompt embeddings differ"):
+        warm_start_model(resaved, TopicGeo(preset, prompts=prompts + 0.01))
     other = get_preset("cpu").with_prompts(*prompts.shape)
     other = type(other).from_dict({**other.to_dict(), "backbone": {**other.to_dict()["backbone"], "gn_groups": 4}})
     with pytest.raises(CheckpointError, match="gn_groups"):
@@ -157,3 +164,17 @@ def test_a_resumed_run_may_change_only_the_schedule_ahead(tmp_path: Path) -> Non
         check_resumable(stored, later, 30500, last)  # 30000 was passed under the old schedule
     with pytest.raises(ValueError, match="different training config"):
         check_resumable(stored, dataclasses.replace(config, lr=1e-3), 23800, last)
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="reference checkpoint not committed")
+def test_the_committed_reference_warm_starts_a_run_from_the_topics_file() -> None:
+    """Training resumes from the last committed checkpoint (issue 10): its prompt hash must accept the topics file."""
+    from topicgeo.train.trainer import warm_start_model
+
+    prompts = load_prompts_matrix(TOPICS)
+    fresh = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
+    warm = warm_start_model(REFERENCE, fresh)
+    released = load_model(REFERENCE)
+    for key, value in released.state_dict().items():
+        if key != "prompts":
+            assert torch.equal(warm.state_dict()[key], value), key

@@ -81,7 +81,9 @@ def load_model(
     Args:
         path: checkpoint file.
         expected_config: when given, the checkpoint's config must equal it.
-        prompts: when given, these ``(P, D)`` embeddings must hash to the checkpoint's prompt hash.
+        prompts: when given, these ``(P, D)`` embeddings must hash to the checkpoint's prompt hash: the hash of the
+            float32 matrix a run was trained with, or of its fp16 rounding (a checkpoint re-saved from a loaded fp16
+            release, as ``topicgeo.train.card`` did before it kept the run's hash, carries that one).
     """
     return model_from_payload(read_checkpoint(path), path, expected_config, prompts)
 
@@ -105,7 +107,7 @@ def model_from_payload(
                 f"prompt embeddings of shape {tuple(prompts.shape)} do not fit checkpoint {path} "
                 f"(trained with {tuple(stored.shape)})"
             )
-        if prompt_hash(prompts) != payload["prompt_sha256"]:
+        if payload["prompt_sha256"] not in (prompt_hash(prompts), prompt_hash(prompts.half())):
             raise CheckpointError(
                 f"prompt embeddings differ from those checkpoint {path} was trained with "
                 f"(sha256 {payload['prompt_sha256'][:12]}...)"

@@ -70,7 +70,9 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
               "max_level2_windows": max_level2_windows, "min_first_pass_inliers": min_first_pass_inliers}
     model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
-    keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics") if k in payload}
+    # prompt_sha256: the run's own (of the float32 topics matrix), not the hash of the fp16 copy a re-release loads
+    keep = {k: payload[k] for k in ("train_config", "step", "wall_seconds", "data_manifest", "topics", "prompt_sha256")
+            if k in payload}
     save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
     log = read_log(run / "log.csv")
     plot_losses(log, out / "loss_curve.png")
