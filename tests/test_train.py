@@ -164,6 +164,11 @@ def test_a_resumed_run_may_change_only_the_schedule_ahead(tmp_path: Path) -> Non
         check_resumable(stored, later, 30500, last)  # 30000 was passed under the old schedule
     with pytest.raises(ValueError, match="different training config"):
         check_resumable(stored, dataclasses.replace(config, lr=1e-3), 23800, last)
+    # snapshots (for weight averaging) do not change the training: a run written before the option resumes with it
+    older = {k: v for k, v in stored.items() if k != "snapshot_every"}
+    check_resumable(older, dataclasses.replace(config, snapshot_every=config.checkpoint_every * 3), 23800, last)
+    with pytest.raises(ValueError, match="snapshot_every must be 0 or a multiple of checkpoint_every"):
+        dataclasses.replace(config, snapshot_every=config.checkpoint_every + 1)
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="reference checkpoint not committed")
@@ -178,3 +183,34 @@ def test_the_committed_reference_warm_starts_a_run_from_the_topics_file() -> Non
     for key, value in released.state_dict().items():
         if key != "prompts":
             assert torch.equal(warm.state_dict()[key], value), key
+
+
+def test_weight_averaging_takes_the_mean_of_one_runs_snapshots(tmp_path: Path) -> None:
+    from topicgeo.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+    from topicgeo.train.average import average_payloads, main
+
+    prompts = load_prompts_matrix(TOPICS)
+    preset = get_preset("cpu").with_prompts(*prompts.shape)
+    paths = []
+    for step, seed in ((300, 1), (600, 2)):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"snap_{step}.pt")
+        save_checkpoint(paths[-1], TopicGeo(preset, prompts=prompts), {"step": step, "train_config": {"seed": seed}})
+    (tmp_path / "log.csv").write_text("step,total\n1,2.0\n")
+    out = tmp_path / "swa" / "last.pt"
+    assert main([*map(str, paths), "--out", str(out), "--log", str(tmp_path / "log.csv")]) == 0
+    a, b = (read_checkpoint(p) for p in paths)
+    avg = read_checkpoint(out)
+    assert avg["step"] == 600 and avg["averaged_steps"] == [300, 600] and avg["train_config"] == {"seed": 2}
+    assert (out.parent / "log.csv").is_file()
+    for key, value in avg["model"].items():
+        if key == "prompts" or not value.is_floating_point():
+            assert torch.equal(value, b["model"][key]), key
+        else:
+            assert torch.allclose(value, (a["model"][key] + b["model"][key]) / 2, atol=1e-6), key
+    averaged = load_model(out)  # a loadable network
+    assert averaged.config == preset
+    other = type(preset).from_dict({**preset.to_dict(), "backbone": {**preset.to_dict()["backbone"], "gn_groups": 4}})
+    save_checkpoint(tmp_path / "other.pt", TopicGeo(other, prompts=prompts), {"step": 900})
+    with pytest.raises(CheckpointError, match="only snapshots of one run"):
+        average_payloads([a, read_checkpoint(tmp_path / "other.pt")])

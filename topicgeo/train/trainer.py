@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class TrainConfig:
         lr, weight_decay, warmup_steps, milestones, gamma, grad_clip: optimiser schedule (decision 21).
         coarse_samples / level2_samples: teacher-forced windows per pair at level 1 / level 2.
         checkpoint_every / log_every: in steps. seed: global seed. loss: loss weights.
+        snapshot_every: also keep a copy of ``last.pt`` as ``snapshots/step_<N>.pt`` every this many steps (a multiple
+            of ``checkpoint_every``; 0 = none), e.g. for weight averaging (``python -m topicgeo.train.average``).
         init_from: warm start from these weights (e.g. the committed fp16 reference checkpoint) when ``out_dir``
             has no ``last.pt``; the step counter continues from the checkpoint's ``step``.
     """
@@ -63,6 +66,7 @@ class TrainConfig:
     coarse_samples: int = 32
     level2_samples: int = 64
     checkpoint_every: int = 100
+    snapshot_every: int = 0
     log_every: int = 10
     seed: int = 0
     loss: LossConfig = field(default_factory=LossConfig)
@@ -75,6 +79,9 @@ class TrainConfig:
             raise ValueError("lr must be positive")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError("milestones must be increasing")
+        if self.snapshot_every < 0 or (self.snapshot_every and self.snapshot_every % self.checkpoint_every):
+            raise ValueError(f"snapshot_every must be 0 or a multiple of checkpoint_every ({self.checkpoint_every}), "
+                             f"got {self.snapshot_every}")
 
     @classmethod
     def from_yaml(cls, path: Path) -> TrainConfig:
@@ -152,14 +159,22 @@ def warm_start_model(path: Path, model: TopicGeo) -> TopicGeo:
     return model
 
 
+def atomic_copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` through a temp file in ``dst``'s folder and a rename."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def check_resumable(stored: dict[str, Any], config: TrainConfig, step: int, path: Path) -> None:
     """Refuse to resume ``path`` (written at ``step`` with train config ``stored``) under a different ``config``.
 
-    Free between sittings of one run: ``steps``, ``init_from`` and the milestones still ahead (the schedule that has
-    not run yet may be shortened or stretched; the learning rates already used may not change).
+    Free between sittings of one run: ``steps``, ``init_from``, ``snapshot_every`` and the milestones still ahead (the
+    schedule that has not run yet may be shortened or stretched; the learning rates already used may not change).
     """
     current = json.loads(json.dumps(config.to_dict()))
-    free = {"steps", "init_from", "milestones"}
+    free = {"steps", "init_from", "milestones", "snapshot_every"}
     if {k: v for k, v in stored.items() if k not in free} != {k: v for k, v in current.items() if k not in free}:
         raise ValueError(f"{path} was written by a different training config; use a new out_dir or --no-resume")
     past_old = [m for m in stored.get("milestones", []) if m < step]  # steps 0 .. step-1 ran under these
@@ -255,6 +270,8 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                 "prompt_sha256": prompt_hash(model.prompts),
             }
             save_checkpoint(last, model, extra)
+            if config.snapshot_every and (step + 1) % config.snapshot_every == 0:
+                atomic_copy(last, out / "snapshots" / f"step_{step + 1:06d}.pt")
     if distributed:
         torch.distributed.destroy_process_group()
     return last
