@@ -116,6 +116,8 @@ class BenchConfig:
         work: scratch folder (bundles, caches, query images, mosaics); None = a temporary folder.
         keep_work: keep the scratch folder.
         timeout_s: limit per process.
+        sequence: pass ``--sequence`` to ``edge-locate`` (its temporal prior between consecutive images; the
+            evaluation runs without it).
         label: free text stored with the results (e.g. why it is a subset).
     """
 
@@ -143,6 +145,7 @@ class BenchConfig:
     tile_size: int | None = None
     work: Path | None = None
     keep_work: bool = False
+    sequence: bool = False
     timeout_s: float = 7200.0
     label: str | None = None
 
@@ -192,6 +195,8 @@ class BenchConfig:
             notes.append(f"{self.latency_queries} queries per map area")
         if max(self.areas_km2) < 95:
             notes.append(f"map areas up to {max(self.areas_km2)} km2")
+        if self.sequence:
+            notes.append("edge-locate --sequence (temporal prior between images)")
         missing = [s for s in ALL_SUITES if s not in self.suites]
         if missing:
             notes.append(f"suites {missing} not run")
@@ -279,6 +284,8 @@ class Bench:
             cache, build_s = self.cache(method, maps)
             cmd = self._py("edge_runtime.locate_cli", "--bundle", str(self.bundle(method)), "--cache", str(cache),
                            "--json")
+            if self.config.sequence:
+                cmd.append("--sequence")
             if method == "topicgeo-trt":
                 cmd += ["--backend", "tensorrt"]
             if not exif:
@@ -594,6 +601,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loftr-pairs", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: temporary, removed)")
     p.add_argument("--keep-work", action="store_true")
+    p.add_argument("--sequence", action="store_true",
+                   help="edge-locate --sequence: the temporal prior between consecutive images (not the evaluation's "
+                        "setting; marks the run a subset)")
     p.add_argument("--timeout", type=float, default=7200.0, help="seconds per process")
     p.add_argument("--label", default=None, help="subset label stored with the results")
     p.add_argument("--tile-size", type=int, default=None,
@@ -625,7 +635,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
         peer_min_inliers=args.peer_min_inliers, sensor_width_mm=args.sensor_width_mm,
         threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work, tile_size=args.tile_size,
-        keep_work=args.keep_work, timeout_s=args.timeout, label=args.label)
+        keep_work=args.keep_work, timeout_s=args.timeout, label=args.label, sequence=args.sequence)
 
 
 def main(argv: list[str] | None = None) -> int:

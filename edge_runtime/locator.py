@@ -130,12 +130,16 @@ class LocatorConfig:
             is within ~2 degrees of true north in UTM; a fit that turns the north-up frame by more than that has
             matched the wrong place.
         temporal_prior: frames are a sequence (one camera in flight, in capture order): after a fix the next frame
-            is retrieved among the cells within ``prior_radius_m`` of it first, and against every map only when
-            nothing there reaches ``min_confidence`` or the fix is lost. On for the onboard service; ``edge-locate``
-            turns it on with ``--sequence`` only, because between unrelated images it blinds retrieval: on the 24
-            SJER report queries (grouped by plot, so a query often follows a fix on another plot) it held fp32 R@1
-            / mIoU at 54.2 / 43.4 % against 66.7 / 54.4 % with each image on its own (stage-4 checkpoint,
-            ``benchmarks/results/2026-12-06_cpu_independent``).
+            is retrieved among the cells within ``prior_radius_m`` of it first (a canvas with nothing there above
+            ``min_confidence`` at once against every map), and when no hypothesis found there is accepted, against
+            every map again, skipping the places already verified (:func:`same_place`). On for the onboard service;
+            ``edge-locate`` turns it on with ``--sequence`` only: its images are unrelated unless said otherwise.
+            Without the second search the prior lost frames a search of every map finds: on the 24 SJER report
+            queries (three per plot in order, so a query often follows a fix on another plot) fp32 R@1 / mIoU were
+            54.2 / 43.4 % with it against 66.7 / 54.4 % with each image on its own; with it 70.8 / 57.4 % (the
+            prior now helps the queries of the plot just found), at 280 / 548 ms median / p95 against 177 / 331
+            (a frame that fails near the last fix pays for a second fine stage; stage-4 checkpoint,
+            ``benchmarks/results/2026-12-06_cpu_independent`` and its ``sequence/``).
         prior_radius_m: the temporal prior searches tiles within this distance of the last fix first.
         refine: verify a hypothesis in two passes. The first fit (frame matched as encoded for retrieval: turned by a
             quarter turn, never rectified) predicts where the frame lies on the region of interest; the frame is then
@@ -438,6 +442,16 @@ class Hypothesis:
         return float(self.candidate["score"])
 
 
+def same_place(a: Hypothesis, b: Hypothesis, tile_size: int) -> bool:
+    """Whether two hypotheses would verify the same thing: the same canvas (content size and rotation) on the same map
+    entry, their consistent coarse matches centred within half a tile of each other on the map."""
+    if a.candidate["map_id"] != b.candidate["map_id"] or a.rotation_deg != b.rotation_deg \
+            or a.plan.content_px != b.plan.content_px:
+        return False
+    ca, cb = np.median(a.candidate["pts_r"], axis=0), np.median(b.candidate["pts_r"], axis=0)
+    return bool(np.linalg.norm(ca - cb) < tile_size / 2.0)
+
+
 @dataclass(frozen=True)
 class MapCells:
     """One map's coarse cells for retrieval: one feature per map cell.
@@ -691,25 +705,14 @@ class Locator:
         rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
         lat["prepare"] = _ms(t0)
 
-        hypotheses: list[Hypothesis] = []
-        shortlist: list[dict[str, Any]] = []  # the best-scoring canvas's map ranking, reported with the result
-        widened = False
         area = self.search_area()  # temporal prior: the same for every scale and rotation of this frame
+        canvases = []  # (prepared, encoded, plan, rotation): each canvas is encoded once per frame
         for plan, rotation in itertools.product(plans, rotations):
             t = time.perf_counter()
             prep = prepare_query(pyramid, self.query_size, plan.content_px, self.cell, rotation)
-            enc = self._encode("encoder_query", prep.canvas, prep.cell_valid)
+            canvases.append((prep, self._encode("encoder_query", prep.canvas, prep.cell_valid), plan, float(rotation)))
             _add_ms(lat, "encode_query", t)
-            t = time.perf_counter()
-            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area, plan.map_ids)
-            if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
-                widened = True
-                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, None, plan.map_ids)
-            _add_ms(lat, "retrieval", t)
-            if cands and (not shortlist or cands[0]["score"] > shortlist[0]["score"]):
-                shortlist = cands
-            hypotheses += [Hypothesis(c, prep, enc, plan, float(rotation)) for c in cands]
-        hypotheses.sort(key=lambda h: -h.score)  # stable: ties keep the plan / rotation order
+        hypotheses, shortlist, widened = self._hypotheses(canvases, area, lat)
         if not hypotheses or hypotheses[0].score < self.config.min_confidence:
             score = hypotheses[0].score if hypotheses else 0.0
             lat["total"] = _ms(t0)
@@ -717,6 +720,18 @@ class Locator:
                                         f"{self.config.min_confidence})", confidence=score, latency_ms=lat, **common)
         to_verify = [h for h in hypotheses if h.score >= self.config.min_confidence][: self.config.verify_candidates]
         result, verified = self.verify(pyramid, to_verify, priors, camera, lat, common)
+        if not result.ok and area is not None:
+            # Nothing near the last fix was accepted: the frame gets the search it would have had without the prior
+            # (its canvases are already encoded), skipping the places already verified.
+            everywhere, shortlist, _ = self._hypotheses(canvases, None, lat)
+            fresh = [h for h in everywhere if h.score >= self.config.min_confidence
+                     and not any(same_place(h, v, self.tile_size) for v in to_verify)]
+            if fresh:
+                widened = True
+                retry, more = self.verify(pyramid, fresh[: self.config.verify_candidates], priors, camera, lat, common)
+                verified += more
+                if retry.ok or retry.inliers > result.inliers:
+                    result = retry
         if result.ok:
             self.last_fix = (result.map_id, np.asarray(result.extra["centre_px"]))
         elif self.last_fix is not None:
@@ -726,6 +741,32 @@ class Locator:
             {"map_id": self.cache.map(c["map_id"]).base_id, "map_entry": c["map_id"], "score": c["score"],
              "matches": c["matches"]} for c in shortlist[: self.config.shortlist]]})
         return result
+
+    def _hypotheses(self, canvases: list[tuple[PreparedQuery, dict, QueryPlan, float]],
+                    area: dict[str, np.ndarray] | None, lat: dict[str, float],
+                    ) -> tuple[list[Hypothesis], list[dict[str, Any]], bool]:
+        """Retrieval for every encoded canvas of a frame, within ``area`` (the temporal prior's cells) when given;
+        a canvas whose best candidate there stays under ``min_confidence`` is retrieved against every map.
+
+        Returns:
+            the hypotheses, best first (stable: ties keep the canvas order); the best-scoring canvas's map ranking
+            (reported with the result); and whether any canvas left ``area``.
+        """
+        hypotheses: list[Hypothesis] = []
+        shortlist: list[dict[str, Any]] = []
+        widened = False
+        for prep, enc, plan, rotation in canvases:
+            t = time.perf_counter()
+            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area, plan.map_ids)
+            if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
+                widened = True
+                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, None, plan.map_ids)
+            _add_ms(lat, "retrieval", t)
+            if cands and (not shortlist or cands[0]["score"] > shortlist[0]["score"]):
+                shortlist = cands
+            hypotheses += [Hypothesis(c, prep, enc, plan, rotation) for c in cands]
+        hypotheses.sort(key=lambda h: -h.score)
+        return hypotheses, shortlist, widened
 
     def verify(self, frame: np.ndarray | FramePyramid, hypotheses: list[Hypothesis], priors: Priors, camera: Any,
                lat: dict[str, float], common: dict) -> tuple[LocateResult, list[dict[str, Any]]]:

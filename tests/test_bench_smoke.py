@@ -50,3 +50,13 @@ def test_edge_bench_runs_two_queries_end_to_end(tiny_bundle: Path, tmp_path: Pat
     assert "SUBSET RUN" in text and "| topicgeo-fp32 |" in text and "| sift |" in text
     picture = cv2.imread(str(out / "recall_vs_iou.png"))
     assert picture is not None and picture.shape[0] > 100
+
+
+def test_a_sequence_run_is_marked_as_not_the_evaluations_setting(tmp_path: Path) -> None:
+    """``--sequence`` (edge-locate's temporal prior between images) is not how the evaluation runs: a subset."""
+    args = ["--out", str(tmp_path), "--bundle-fp32", str(tmp_path), "--methods", "topicgeo-fp32"]
+    (tmp_path / "manifest.json").write_text("{}")
+    plain = edge_bench.config_from_args(edge_bench._parser().parse_args(args))
+    sequence = edge_bench.config_from_args(edge_bench._parser().parse_args([*args, "--sequence"]))
+    assert not plain.sequence and sequence.sequence
+    assert "--sequence" in (sequence.subset_note() or "") and "--sequence" not in (plain.subset_note() or "")
