@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from edge_runtime.atomic import atomic_write_bytes
 from topicgeo.checkpoint import CheckpointError, atomic_torch_save, read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     atomic_torch_save(averaged, args.out)
     if args.log is not None:
-        shutil.copyfile(args.log, args.out.parent / "log.csv")
+        atomic_write_bytes(args.out.parent / "log.csv", args.log.read_bytes())
     logger.info("averaged %d checkpoints (steps %s) into %s", len(payloads), averaged["averaged_steps"], args.out)
     return 0
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from edge_runtime.atomic import atomic_write_bytes
 from topicgeo.checkpoint import load_model, prompt_hash, read_checkpoint, save_checkpoint
 from topicgeo.config import TopicGeoConfig, get_preset
 from topicgeo.model.topicgeo import TopicGeo
@@ -152,19 +152,11 @@ def warm_start_model(path: Path, model: TopicGeo) -> TopicGeo:
     if stored.matching != model.config.matching:
         logger.info("warm start from %s: its test-time matching parameters are replaced by the preset's", path)
     loaded = load_model(path, expected_config=expected, prompts=model.prompts.cpu())
-    # The prompt matrix stays the run's own exact float32 one (a released checkpoint stores it in fp16; its hash is
-    # of the float32 matrix it was trained with, checked above), so the run's checkpoints hash like its topics file.
+    # The prompt matrix stays the run's own exact float32 one (a released checkpoint stores it in fp16; its hash, of
+    # that float32 matrix or of its fp16 copy, is checked above), so the run's checkpoints hash like its topics file.
     weights = {k: v for k, v in loaded.state_dict().items() if k != "prompts"}
     model.load_state_dict({**weights, "prompts": model.prompts}, strict=True)
     return model
-
-
-def atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` through a temp file in ``dst``'s folder and a rename."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 def check_resumable(stored: dict[str, Any], config: TrainConfig, step: int, path: Path) -> None:
@@ -271,7 +263,7 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
             }
             save_checkpoint(last, model, extra)
             if config.snapshot_every and (step + 1) % config.snapshot_every == 0:
-                atomic_copy(last, out / "snapshots" / f"step_{step + 1:06d}.pt")
+                atomic_write_bytes(out / "snapshots" / f"step_{step + 1:06d}.pt", last.read_bytes())
     if distributed:
         torch.distributed.destroy_process_group()
     return last
