@@ -32,7 +32,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1022,23 +1022,16 @@ class Locator:
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
             altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
-            seen_by = frame_camera(camera)
-            camera_en = None
-            if priors.roll_deg is not None and priors.pitch_deg is not None:
-                # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
-                # over flat ground with matches in part of the frame its tilt trades off against its translation
-                # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
-                # one, where this position was 1.1 m off).
-                principal = project_points(H, np.array([[seen_by.cx, seen_by.cy]]))
-                try:
-                    camera_en = camera_position_from_attitude(entry.georef.pixels_to_world(principal)[0], altitude,
-                                                              heading, priors.pitch_deg, priors.roll_deg)
-                except ValueError as exc:  # a prior above the horizon: the matches decide
-                    logger.info("attitude prior not used for the position: %s", exc)
+            # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
+            # over flat ground with matches in part of the frame its tilt trades off against its translation
+            # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
+            # one, where this position was 1.1 m off).
+            camera_en = position_from_attitude_prior(H, camera, entry.georef.pixels_to_world, altitude, heading, priors)
+            pose = None
             if camera_en is not None:
                 extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
                 attitude = (float(priors.roll_deg), float(priors.pitch_deg), float(heading))
-            elif (pose := self._camera_pose(in_f, in_r, entry, seen_by)) is not None:
+            elif (pose := self._camera_pose(in_f, in_r, entry, frame_camera(camera))) is not None:
                 camera_en = (float(pose.position[0]), float(pose.position[1]))
                 altitude = float(pose.altitude_agl_m)
                 attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
@@ -1048,7 +1041,7 @@ class Locator:
             if camera_en is not None:
                 position_lonlat = entry.georef.pixels_to_lonlat(entry.georef.world_to_pixels(np.array([camera_en])))[0]
                 map_xy = camera_en
-            if not extra["position"].startswith("camera centre (6-DoF"):  # the attitude is a prior or assumed nadir
+            if pose is None:  # the attitude is a prior or assumed nadir
                 attitude_m = altitude * math.tan(math.radians(self.config.attitude_std_deg))
                 extra["std_parts_m"] = {"fit": round(std, 3), "attitude": round(attitude_m, 3)}
                 std = math.hypot(std, attitude_m)
@@ -1098,6 +1091,25 @@ def frame_camera(camera: Any) -> Any:
 
     return CameraInfo(camera.width, camera.height, camera.P[:3, :3], np.zeros(5), "plumb_bob",
                       camera_name=camera.camera_name)
+
+
+def position_from_attitude_prior(H: np.ndarray, camera: Any, pixels_to_world: Callable[[np.ndarray], np.ndarray],
+                                 altitude_m: float, heading_deg: float, priors: Priors) -> tuple[float, float] | None:
+    """Camera ``(east, north)`` from a fit and the attitude prior: the camera at ``altitude_m`` (from the fit's
+    scale) that looks, at the prior's roll and pitch and the fit's heading, at the ground point under the principal
+    point of the frame's pinhole (:func:`frame_camera`), projected by ``H (3, 3)`` (frame px -> map px) and
+    ``pixels_to_world`` (map px ``(N, 2)`` -> east / north). None without a roll / pitch prior, or when the prior
+    looks above the horizon (the matches decide then). Shared with the benchmark's peers."""
+    if priors.roll_deg is None or priors.pitch_deg is None:
+        return None
+    seen_by = frame_camera(camera)
+    principal = project_points(H, np.array([[seen_by.cx, seen_by.cy]]))
+    try:
+        return camera_position_from_attitude(pixels_to_world(principal)[0], altitude_m, heading_deg, priors.pitch_deg,
+                                             priors.roll_deg)
+    except ValueError as exc:
+        logger.info("attitude prior not used for the position: %s", exc)
+        return None
 
 
 def camera_position_from_attitude(ground_en: np.ndarray, altitude_m: float, yaw_deg: float, pitch_deg: float,

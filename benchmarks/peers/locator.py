@@ -264,25 +264,21 @@ def camera_position(H: np.ndarray, in_frame: np.ndarray, ground: np.ndarray, pix
                     priors: Any, frame_size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
     """Camera east/north as the project's locator places it (``Locator._pose``), and how.
 
-    With a roll / pitch prior: the camera that looks at the ground point under the principal point (through the frame
-    -> map homography ``H (3, 3)``) from the altitude the fit's scale implies, at the prior's tilt and the fit's
-    heading (:func:`~edge_runtime.locator.camera_position_from_attitude`). Otherwise a 6-DoF PnP pose from the
-    frame <-> ground inliers ``in_frame, ground (N, 2)`` over flat ground. ``pixel_to_world``: the map's ``(3, 3)``.
+    With a roll / pitch prior: :func:`~edge_runtime.locator.position_from_attitude_prior` (the locator's own), at the
+    altitude the fit's scale implies at the frame centre. Otherwise a 6-DoF PnP pose from the frame <-> ground inliers
+    ``in_frame, ground (N, 2)`` over flat ground. ``H (3, 3)``: frame px -> map px; ``pixel_to_world``: the map's
+    ``(3, 3)``.
     """
-    from edge_runtime.locator import camera_position_from_attitude, frame_camera, local_scale
+    from edge_runtime.locator import local_scale, position_from_attitude_prior
 
     w, h = frame_size
-    if priors is not None and priors.roll_deg is not None and priors.pitch_deg is not None:
-        seen = frame_camera(camera)
+    if priors is not None:
         gsd = math.sqrt(abs(np.linalg.det(pixel_to_world[:2, :2])))
-        altitude = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0)) * gsd * math.sqrt(seen.fx * seen.fy)
-        principal = _apply(pixel_to_world, project_points(H, np.array([[seen.cx, seen.cy]])))[0]
-        try:
-            east, north = camera_position_from_attitude(principal, altitude, _heading(H, w, h, pixel_to_world),
-                                                        priors.pitch_deg, priors.roll_deg)
-            return np.array([east, north]), "attitude prior, fitted heading and scale"
-        except ValueError as exc:  # a prior above the horizon: the matches decide
-            logger.info("attitude prior not used for the position: %s", exc)
+        altitude = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0)) * gsd * math.sqrt(camera.fx * camera.fy)
+        en = position_from_attitude_prior(H, camera, lambda px: _apply(pixel_to_world, px), altitude,
+                                          _heading(H, w, h, pixel_to_world), priors)
+        if en is not None:
+            return np.array(en), "attitude prior, fitted heading and scale"
     return _pnp_position(in_frame, ground, camera), "6-DoF PnP pose"
 
 
