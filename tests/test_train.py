@@ -134,6 +134,35 @@ def test_extra_single_date_maps_join_the_training_mixture_with_exact_ground_trut
     assert min(scores) > 0.6, scores
 
 
+def test_the_mixture_s_colour_jitter_widens_the_hue_of_its_queries(data_dir: Path, tmp_path: Path) -> None:
+    """``hue`` / ``saturation`` reach every part's synthesis: a wider hue jitter spreads the queries' mean hue."""
+    import cv2
+
+    from topicgeo.train.datasets import build_training_dataset
+
+    split = tmp_path / "extra.txt"
+    split.write_text("sjer/2018/SJER_009.tif\n")
+
+    def hue_spread(**colour: float) -> tuple[float, dict]:
+        data = build_training_dataset(extra_root=str(data_dir), extra_split=str(split), query_size=128, ref_size=256,
+                                      seed=3, **colour)
+        means = []
+        for i in range(24):
+            pair = data[i]
+            hsv = cv2.cvtColor(pair.query, cv2.COLOR_RGB2HSV_FULL)[pair.query_valid].astype(float)
+            angle = hsv[:, 0] / 256.0 * 2 * np.pi  # circular mean hue of the valid pixels
+            means.append(np.angle(np.exp(1j * angle).mean()))
+        spread = float(np.abs(np.angle(np.exp(1j * (np.array(means) - np.angle(np.exp(1j * np.array(means)).mean()))))
+                              ).mean())
+        return spread, data.describe()["extra"]["config"]["synthesis"]
+
+    narrow, synth_narrow = hue_spread()
+    wide, synth_wide = hue_spread(hue=0.15, saturation=0.5)
+    assert (synth_narrow["hue"], synth_narrow["saturation"]) == (0.03, 0.3)
+    assert (synth_wide["hue"], synth_wide["saturation"]) == (0.15, 0.5)
+    assert wide > 2 * narrow, (narrow, wide)
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("train_*.yaml")),
                          ids=lambda p: p.name)
 def test_committed_training_configs_parse_and_name_only_known_data_options(path: Path) -> None:

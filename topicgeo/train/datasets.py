@@ -63,6 +63,8 @@ def build_training_dataset(
     extra_split: str = str(SPLITS / "extra_train.txt"),
     extra_weight: int = 1,
     extra_side_fraction_range: tuple[float, float] = (0.4, 0.95),
+    hue: float = QuerySynthesisConfig.hue,
+    saturation: float = QuerySynthesisConfig.saturation,
 ) -> MixedPairs:
     """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``.
 
@@ -72,13 +74,17 @@ def build_training_dataset(
 
     ``rotation_deg`` narrows the query rotations for a curriculum stage (the vehicle de-rotates frames with its
     heading prior, so a CPU budget is better spent on scale and season than on the full circle).
+
+    ``hue`` / ``saturation`` widen the queries' colour jitter (:class:`QuerySynthesisConfig`: a hue shift of
+    ``U(-hue, hue)`` turns, a saturation factor of ``U(1 - s, 1 + s)``) for every part of the mixture.
     """
     rotation = (float(rotation_deg[0]), float(rotation_deg[1]))
     parts: dict[str, PairDataset] = {}
     weights: dict[str, int] = {}
 
     def add(name: str, sources: list, weight: int, seed_offset: int, **sides: Any) -> None:
-        synth = QuerySynthesisConfig(query_size=query_size, rotation_deg=rotation, **sides)
+        synth = QuerySynthesisConfig(query_size=query_size, rotation_deg=rotation, hue=hue, saturation=saturation,
+                                     **sides)
         cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
         parts[name] = PairDataset(sources, cfg, seed=seed + seed_offset, length=samples_per_epoch)
         weights[name] = weight
