@@ -39,6 +39,8 @@ from tqdm import tqdm
 from edge_runtime.atomic import atomic_write_bytes
 from edge_runtime.locator import Locator, LocatorConfig
 from edge_runtime.numerics.geometry import footprint, is_convex_quad, project_points, quad_contains, quad_iou
+from maps.build import BuildConfig, build_cache
+from maps.cli import parse_factors
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +169,8 @@ def _hypotheses(result: Any, truth: np.ndarray, centre: np.ndarray, true_map: st
     """Per verified hypothesis of a locate result: both fits' inliers, correctness and IoU."""
     out = []
     for v in result.extra.get("verified", []):
-        rec = {"map_id": v["map_id"], "rotation_deg": v["rotation_deg"], "retrieval_score": round(float(v["score"]), 5),
-               "fine_matches": v["fine_matches"], "reason": v["reason"]}
+        rec = {"map_id": v["map_id"], "map_entry": v.get("map_entry", v["map_id"]), "rotation_deg": v["rotation_deg"],
+               "retrieval_score": round(float(v["score"]), 5), "fine_matches": v["fine_matches"], "reason": v["reason"]}
         for name in ("first_pass", "refined"):
             quad = None if v.get(f"{name}_footprint_px") is None else np.asarray(v[f"{name}_footprint_px"])
             usable = quad is not None and is_convex_quad(quad)  # the locator rejects a degenerate footprint
@@ -194,8 +196,8 @@ def _locate_all(locator: Locator, queries: list[Any], suite: str) -> list[dict[s
 
 
 def _outcomes(bundle: Path, data: Path, sjer_split: Path | None, naip_split: Path | None, seeds: list[int],
-              verify_candidates: int, work: Path, refine: bool = True) -> list[dict[str, Any]]:
-    from maps.build import BuildConfig, build_cache
+              verify_candidates: int, work: Path, refine: bool = True, zooms: tuple[int, ...] = BuildConfig.zooms
+              ) -> list[dict[str, Any]]:
     from topicgeo.data.pairs import naip_eval_pairs, sjer_eval_pairs
     from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries
 
@@ -212,7 +214,7 @@ def _outcomes(bundle: Path, data: Path, sjer_split: Path | None, naip_split: Pat
     rows = []
     for name, pairs, protocol in suites:
         cache = work / f"cache_{name}"
-        build_cache(bundle, list(dict.fromkeys(m for _, m in pairs)), cache, BuildConfig(progress=False))
+        build_cache(bundle, list(dict.fromkeys(m for _, m in pairs)), cache, BuildConfig(progress=False, zooms=zooms))
         queries = [q for seed in seeds for q in evaluation_queries(pairs, protocol, seed)]
         rows += _locate_all(Locator.open(bundle, cache, config), queries, name)
     return rows
@@ -241,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="hypotheses the locator verifies per frame (the vehicle's setting)")
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="verify in one pass (LocatorConfig.refine off): one fit, one rule")
+    parser.add_argument("--zooms", type=parse_factors, default=BuildConfig.zooms,
+                        help="zoom-in levels of the calibration caches, as edge-maps build --zooms (default: its "
+                        "default, the caches the vehicle gets)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
         rows = _outcomes(args.bundle, args.data, args.split if "sjer" in suites else None,
                          args.naip_split if "naip" in suites else None, args.seed, args.verify_candidates,
-                         Path(work), args.refine)
+                         Path(work), args.refine, args.zooms)
     first = _arrays(rows, "first_pass")
     per_suite = {s: [r for r in rows if r["suite"] == s] for s in sorted(suites)}
     if args.refine:
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"suites": sorted(suites), "split": _rel(args.split) if "sjer" in suites else None,
               "naip_split": _rel(args.naip_split) if "naip" in suites else None,
               "seed": args.seed, "queries": len(rows), "target_precision": args.target_precision,
-              "verify_candidates": args.verify_candidates, "refine": args.refine,
+              "verify_candidates": args.verify_candidates, "refine": args.refine, "zooms": list(args.zooms),
               "correct_total": correct_total, "chosen": chosen, "chosen_by_suite": by_suite,
               "outcomes": rows}
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())

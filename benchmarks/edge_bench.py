@@ -72,6 +72,7 @@ from benchmarks.harness.suites import (  # noqa: E402
 )
 from benchmarks.peers.cli import write_json_atomic  # noqa: E402
 from benchmarks.peers.tiling import TilingConfig, count_tiles  # noqa: E402
+from maps.cli import parse_factors  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class BenchConfig:
         sequence: pass ``--sequence`` to ``edge-locate`` (its temporal prior between consecutive images; the
             evaluation runs without it).
         label: free text stored with the results (e.g. why it is a subset).
+        zooms: zoom-in levels of the project's map caches (``edge-maps build --zooms``; None: its default).
     """
 
     out: Path
@@ -148,6 +150,7 @@ class BenchConfig:
     sequence: bool = False
     timeout_s: float = 7200.0
     label: str | None = None
+    zooms: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in ALL_METHODS]
@@ -272,6 +275,8 @@ class Bench:
                            "--overwrite")
             for m in maps:
                 cmd += ["--map", str(m)]
+            if self.config.zooms is not None:
+                cmd += ["--zooms", ",".join(str(z) for z in self.config.zooms) or "none"]
             t0 = time.perf_counter()
             self._check_call(cmd, "edge-maps build")
             self.caches[key] = (out, time.perf_counter() - t0)
@@ -609,6 +614,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-size", type=int, default=None,
                    help="map tile side of the exported bundles (default: the checkpoint's training size, 512 px for "
                    "the CPU reference)")
+    p.add_argument("--zooms", type=parse_factors, default=None,
+                   help="zoom-in levels of the project's map caches, as edge-maps build --zooms (default: its "
+                   "default)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -635,7 +643,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         peer_tile=args.peer_tile, peer_rotations=args.peer_rotations, xfeat_top_k=args.xfeat_top_k,
         peer_min_inliers=args.peer_min_inliers, sensor_width_mm=args.sensor_width_mm,
         threads=args.threads, loftr_pairs=args.loftr_pairs, work=args.work, tile_size=args.tile_size,
-        keep_work=args.keep_work, timeout_s=args.timeout, label=args.label, sequence=args.sequence)
+        keep_work=args.keep_work, timeout_s=args.timeout, label=args.label, sequence=args.sequence, zooms=args.zooms)
 
 
 def main(argv: list[str] | None = None) -> int:

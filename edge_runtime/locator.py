@@ -102,8 +102,9 @@ class LocatorConfig:
             two 45 of 47 (63 / 118), three 51 of 56 (63 / 79), four 52 of 57 (83 / 79). Three became the default once
             the region cache and the frame pyramid had made a fine stage cheap: on the 20 NAIP report queries (17
             km2, no priors; same sitting) the median latency went from 127 to 171 ms and the p95 from 217 to 326 ms
-            against two. One-pass history: SJER tuning queries kept 18 right fixes with one hypothesis (rule 90),
-            25 with two, 28 with three. The acceptance rules must be calibrated for the value used
+            against two. With the stage-9 weights (release thresholds, rules recalibrated): three 55 of 61, four 55
+            of 60, five 57 of 63. One-pass history: SJER tuning queries kept 18 right fixes with one hypothesis
+            (rule 90), 25 with two, 28 with three. The acceptance rules must be calibrated for the value used
             (``benchmarks.acceptance --verify-candidates``) and stored in the checkpoint (``python -m
             topicgeo.train.card --min-inliers --min-first-pass-inliers``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
@@ -261,12 +262,14 @@ def first_pass_rule(config: LocatorConfig, matching: dict[str, Any], min_inliers
     return None if config.refine else min_inliers
 
 
-def overview_for_frame(expected_px: float, factors: Sequence[int], query_size: int, target_ratio: float,
-                       min_ratio: float) -> int:
-    """The overview level a frame is matched on when a scale prior gives its footprint.
+def overview_for_frame(expected_px: float, factors: Sequence[float], query_size: int, target_ratio: float,
+                       min_ratio: float) -> float:
+    """The level (overview, the map itself or a zoom-in level) a frame is matched on when a scale prior gives its
+    footprint.
 
     Args:
-        expected_px: the frame's long side in the map's own pixels. factors: the map's levels (1 = the map itself).
+        expected_px: the frame's long side in the map's own pixels. factors: the map's levels as base pixels per
+            level pixel (1 = the map itself, 2 = a 2x overview, 0.5 = a 2x zoom-in level).
         query_size: canvas side. target_ratio / min_ratio: see :class:`LocatorConfig` (``min_overview_ratio``).
 
     Returns:
@@ -525,9 +528,9 @@ class Locator:
             g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
         }
         self.cells = self._map_cells()
-        # without a scale prior only the maps themselves are searched (None: there are no overview levels)
-        native = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
-        self.native_ids: frozenset[str] | None = None if native == frozenset(self.cells) else native
+        # without a scale prior the maps and their zoom-in levels are searched (None: there are no overview levels)
+        unscaled = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
+        self.unscaled_ids: frozenset[str] | None = None if unscaled == frozenset(self.cells) else unscaled
         self.last_fix: tuple[str, np.ndarray] | None = None  # (map id, frame centre in that map's pixels)
         self.regions = RegionCache(config.roi_cache_size, round(config.roi_reuse_fraction * self.tile_size))
 
@@ -654,18 +657,18 @@ class Locator:
         ``target_ratio`` times its footprint there (one plan per distinct content size, so a cache that mixes a
         0.25 m and a 0.5 m orthophoto shows each map a query at its own scale; sizes within ``PLAN_MERGE_RATIO`` of
         each other share one plan and its median size); without one, every content scale of the config is tried
-        against every map on its own pixels.
+        against every map on its own pixels and on its zoom-in levels (``edge-maps build --zooms``).
         """
         if priors.frame_gsd_m is not None:
             frame_gsd = float(priors.frame_gsd_m)
         elif priors.altitude_agl_m is not None and camera is not None:
             frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
         else:
-            return [QueryPlan(s * self.query_size, {}, self.native_ids) for s in self.config.content_scales]
-        levels: dict[str, dict[int, str]] = {}  # base map -> {overview factor: entry id}
+            return [QueryPlan(s * self.query_size, {}, self.unscaled_ids) for s in self.config.content_scales]
+        levels: dict[str, dict[float, str]] = {}  # base map -> {scale (base px per entry px): entry id}
         for m in self.cells:
             entry = self.cache.map(m)
-            levels.setdefault(entry.base_id, {})[entry.overview] = m
+            levels.setdefault(entry.base_id, {})[entry.scale] = m
         expected = {}
         for base_id, by_factor in levels.items():
             on_map = max(frame_shape) * frame_gsd / self.cache.map(base_id).georef.gsd_m
@@ -1015,7 +1018,7 @@ class Locator:
         to_base = entry.to_base_px  # reported on the map's own pixels (the entry may be an overview level)
         extra: dict[str, Any] = {"centre_px": project_points(to_base, centre[None])[0].tolist(),
                                  "retrieval_score": top["score"], "map_entry": entry.map_id,
-                                 "map_px_per_frame_px": map_px_per_frame_px * entry.overview,
+                                 "map_px_per_frame_px": map_px_per_frame_px * entry.scale,
                                  "H_frame_to_map": (to_base @ H).tolist(),
                                  "matches": (in_f, project_points(to_base, in_r)),
                                  "ground_centre_lonlat": lonlat[0].tolist(),

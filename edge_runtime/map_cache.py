@@ -22,7 +22,10 @@ reads its regions of interest from the original raster through it, which keeps t
 Overview levels: a map may also be cached decimated by integer factors (``<stem>@2x``, ...; records with
 ``base_id`` and ``read.overview``): a frame whose footprint covers more than a tile of the map at the network's scale
 ratio is matched on the level where it fits (:meth:`edge_runtime.locator.Locator.query_plans`), and results are
-reported on the base map's pixel grid (:attr:`CachedMap.to_base_px`).
+reported on the base map's pixel grid (:attr:`CachedMap.to_base_px`). Zoom-in levels (``<stem>@zoom2``, records
+with ``base_id`` and ``read.zoom``) show a map magnified by an integer factor (:func:`zoom_expand`), for queries cut
+from so few map pixels that at the map's own pixels they cover only a cell or two of the coarse grid (a 5 m NAIP map,
+queries of 100 map px at 512 px); without a scale prior they are searched beside the maps.
 
 Radiometry (identical to ``topicgeo.data.raster.GeoRaster`` for rasters without an alpha band / per-dataset mask):
 bands ``(1, 2, 3)`` (a 1- or 2-band raster repeats band 1); uint8 passes through, other dtypes go through a per-band
@@ -233,6 +236,13 @@ class MapGeoref:
                          (a * factor, b * factor, c, d * factor, e * factor, f), self.crs_wkt, self.epsg,
                          self.gsd_m * factor, self.source)
 
+    def zoom(self, factor: int) -> MapGeoref:
+        """The georeference of the raster magnified by ``factor`` (see :class:`RasterReadSpec` ``zoom``)."""
+        a, b, c, d, e, f = self.transform
+        return MapGeoref(self.width * factor, self.height * factor,
+                         (a / factor, b / factor, c, d / factor, e / factor, f), self.crs_wkt, self.epsg,
+                         self.gsd_m / factor, self.source)
+
     def to_dict(self) -> dict[str, Any]:
         """Manifest entry."""
         return {"width": self.width, "height": self.height, "transform": list(self.transform),
@@ -264,6 +274,9 @@ class RasterReadSpec:
             is the mean of the valid native pixels of block ``[u f, u f + f) x [v f, v f + f)``, valid when any of
             them is (:func:`overview_reduce`). A map cache's overview levels (``edge-maps build
             --overviews``) read their source this way.
+        zoom: reads address the raster magnified by this integer factor (1 = native pixels; exclusive with
+            ``overview``), bilinearly on pixel centres (:func:`zoom_expand`): a map cache's zoom-in levels
+            (``edge-maps build --zooms``).
     """
 
     bands: tuple[int, int, int]
@@ -272,6 +285,7 @@ class RasterReadSpec:
     stretch: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] | None = None
     overview: int = 1
     alpha_band: int | None = None
+    zoom: int = 1
 
     def __post_init__(self) -> None:
         if len(self.bands) != 3 or any(int(b) < 1 for b in self.bands):
@@ -280,6 +294,9 @@ class RasterReadSpec:
             raise MapCacheError(f"alpha_band must be a 1-based index, got {self.alpha_band}")
         if int(self.overview) != self.overview or self.overview < 1:
             raise MapCacheError(f"overview must be an integer factor >= 1, got {self.overview}")
+        if int(self.zoom) != self.zoom or self.zoom < 1 or (self.zoom > 1 and self.overview > 1):
+            raise MapCacheError(f"zoom must be an integer factor >= 1 (and overview 1), got zoom {self.zoom}, "
+                                f"overview {self.overview}")
         if self.stretch is not None:
             if len(self.stretch) != 3:
                 raise MapCacheError(f"stretch must hold three (low, high) pairs, got {self.stretch}")
@@ -291,7 +308,8 @@ class RasterReadSpec:
         """Manifest entry."""
         return {"bands": list(self.bands), "nodata": self.nodata, "use_mask": self.use_mask,
                 "stretch": None if self.stretch is None else [list(p) for p in self.stretch],
-                "overview": self.overview, "alpha_band": self.alpha_band}
+                "overview": self.overview, "alpha_band": self.alpha_band,
+                **({"zoom": self.zoom} if self.zoom > 1 else {})}  # older caches' records stay as they were
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RasterReadSpec:
@@ -302,7 +320,8 @@ class RasterReadSpec:
                    use_mask=bool(raw.get("use_mask", False)),
                    stretch=None if stretch is None else tuple((float(lo), float(hi)) for lo, hi in stretch),  # type: ignore[arg-type]
                    overview=int(raw.get("overview", 1)),
-                   alpha_band=None if raw.get("alpha_band") is None else int(raw["alpha_band"]))
+                   alpha_band=None if raw.get("alpha_band") is None else int(raw["alpha_band"]),
+                   zoom=int(raw.get("zoom", 1)))
 
 
 def open_raster(path: str | os.PathLike[str]) -> Any:
@@ -471,10 +490,43 @@ def overview_reduce(image: np.ndarray, valid: np.ndarray, factor: int) -> tuple[
     return np.where(out_valid[..., None], mean, 0).astype(np.uint8), out_valid
 
 
+def zoom_expand(image: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Magnify by an integer factor (a map's zoom-in level): bilinear, pixel centres aligned (output pixel ``u`` is
+    centred on input coordinate ``(u + 0.5) / factor - 0.5``); an output pixel is valid only when every input pixel
+    it interpolates is. The training pairs' zoomed reference windows are made by this same function.
+
+    Args:
+        image: ``(H, W, 3)`` uint8. valid: ``(H, W)`` bool.
+
+    Returns:
+        ``(H * factor, W * factor, 3)`` uint8 and ``(H * factor, W * factor)`` bool.
+    """
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"zoom factor must be an integer >= 1, got {factor}")
+    if factor == 1:
+        return image, valid
+    h, w = valid.shape
+    if image.shape != (h, w, 3):
+        raise ValueError(f"zoom_expand needs (H, W, 3) / (H, W), got {image.shape} / {valid.shape}")
+    import cv2
+
+    size = (w * int(factor), h * int(factor))
+    out = cv2.resize(np.where(valid[..., None], image, 0).astype(np.uint8), size, interpolation=cv2.INTER_LINEAR)
+    out_valid = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) > 1.0 - 1e-4
+    return np.where(out_valid[..., None], out, 0).astype(np.uint8), out_valid
+
+
+def zoom_matrix(factor: int) -> np.ndarray:
+    """``(3, 3)`` map from pixels of a raster to pixels of its ``factor`` x magnification (:func:`zoom_expand`)."""
+    f = float(factor)
+    return np.array([[f, 0.0, (f - 1.0) / 2.0], [0.0, f, (f - 1.0) / 2.0], [0.0, 0.0, 1.0]])
+
+
 class RasterSource:
     """Windowed uint8 RGB reads of one raster following a :class:`RasterReadSpec` (lazy, thread-safe handle).
 
-    With ``spec.overview`` > 1 the reads address the decimated raster (``width`` / ``height`` are its size).
+    With ``spec.overview`` > 1 the reads address the decimated raster, with ``spec.zoom`` > 1 the magnified one
+    (``width`` / ``height`` are its size).
     The file handle is re-opened after pickling (Ray workers get their own).
     """
 
@@ -486,8 +538,8 @@ class RasterSource:
         ds = self._dataset()
         self.native_width = int(ds.width)
         self.native_height = int(ds.height)
-        self.width = -(-self.native_width // spec.overview)  # ceil: a partial last block is a (partly valid) pixel
-        self.height = -(-self.native_height // spec.overview)
+        self.width = -(-self.native_width // spec.overview) * spec.zoom  # ceil: a partial last block is a pixel
+        self.height = -(-self.native_height // spec.overview) * spec.zoom
         bad = [b for b in (*spec.bands, spec.alpha_band or 1) if b > ds.count]
         if bad:
             raise MapCacheError(f"raster {self.path} has {ds.count} bands; the read spec wants {spec.bands}")
@@ -526,6 +578,13 @@ class RasterSource:
         x0, y0, width, height = int(x0), int(y0), int(width), int(height)
         if width < 1 or height < 1:
             raise MapCacheError(f"window size must be positive, got {width}x{height}")
+        z = self.spec.zoom
+        if z > 1:  # the native pixels the window interpolates, one more on each side, magnified and cut to the window
+            nx0, ny0 = x0 // z - 1, y0 // z - 1
+            nx1, ny1 = -(-(x0 + width) // z) + 1, -(-(y0 + height) // z) + 1
+            image, valid = zoom_expand(*self._read_native(nx0, ny0, nx1 - nx0, ny1 - ny0), z)
+            ox, oy = x0 - nx0 * z, y0 - ny0 * z
+            return image[oy:oy + height, ox:ox + width], valid[oy:oy + height, ox:ox + width]
         f = self.spec.overview
         image, valid = self._read_native(x0 * f, y0 * f, width * f, height * f)
         return overview_reduce(image, valid, f)
@@ -664,8 +723,13 @@ class CachedMap:
 
     @property
     def overview(self) -> int:
-        """Decimation factor of this entry's pixel grid (1: the map's own pixels)."""
+        """Decimation factor of this entry's pixel grid (1: the map's own pixels or a zoom-in level)."""
         return self.read_spec.overview
+
+    @property
+    def scale(self) -> float:
+        """Base-map pixels per pixel of this entry: the overview factor, or ``1 / zoom`` for a zoom-in level."""
+        return self.read_spec.overview / self.read_spec.zoom
 
     @property
     def base_id(self) -> str:
@@ -675,8 +739,9 @@ class CachedMap:
     @property
     def to_base_px(self) -> np.ndarray:
         """``(3, 3)`` float64 affine from this entry's pixel-centre coordinates to the base map's (identity for a
-        native entry): pixel ``u`` of a factor-``f`` overview is centred on base pixel ``f u + (f - 1) / 2``."""
-        f = float(self.overview)
+        native entry): pixel ``u`` of a level of scale ``f`` (:attr:`scale`) is centred on base pixel
+        ``f u + (f - 1) / 2``."""
+        f = float(self.scale)
         return np.array([[f, 0.0, (f - 1.0) / 2.0], [0.0, f, (f - 1.0) / 2.0], [0.0, 0.0, 1.0]])
 
     def encoded_tiles(self) -> np.ndarray:
@@ -913,11 +978,11 @@ def _open_map_cache(
         n, cells = grid.n_tiles, grid.cells_per_tile
         files = rec["files"]
         base_id = str(rec.get("base_id", map_id))
-        level = int(rec["read"].get("overview", 1))
-        if (base_id != map_id) != (level > 1) or (level > 1 and base_id not in maps):
-            raise MapCacheError(f"entry {map_id!r}: overview {level} of map {base_id!r}, which must be a map listed "
-                                f"before it (and only overview levels name another map)")
-        (overviews if level > 1 else maps)[map_id] = CachedMap(
+        level = int(rec["read"].get("overview", 1)) > 1 or int(rec["read"].get("zoom", 1)) > 1
+        if (base_id != map_id) != level or (level and base_id not in maps):
+            raise MapCacheError(f"entry {map_id!r}: a level of map {base_id!r}, which must be a map listed before it "
+                                f"(and only overview and zoom levels name another map)")
+        (overviews if level else maps)[map_id] = CachedMap(
             map_id=map_id,
             source=dict(rec["source"]),
             georef=MapGeoref.from_dict(rec["georef"]),

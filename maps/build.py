@@ -99,6 +99,14 @@ class BuildConfig:
             a tile). The locator matches a frame on the level where its footprint, brought to the network's scale
             ratio, fits a tile (a drone frame at 40 m over a 0.1 m orthophoto covers ~680 map px: 0.2 m suits it);
             without a scale prior only the maps themselves are searched. Cost: at most a third more tiles.
+        zooms: magnification factors of the zoom-in levels cached besides each map (``<stem>@zoom<f>``, bilinear:
+            :func:`edge_runtime.map_cache.zoom_expand`). For maps coarse against the frames' footprints (a 5 m
+            NAIP map and queries cut from 100-360 of its pixels): at the map's own pixels a 100-px query covers
+            less than two coarse cells. Without a scale prior the locator searches them beside the maps; with one,
+            a frame whose footprint is small on the map is matched there (:func:`~edge_runtime.locator.
+            overview_for_frame`). Cost: f^2 times the map's tiles each.
+        zoom_max_pixels: a zoom-in level is built only while it holds at most this many pixels (a large orthophoto,
+            whose frames cover many of its pixels anyway, gets none; a 4000 x 4000 px map still gets a 2x level).
         overwrite: replace an existing cache at the output path.
         fresh: discard an unfinished build of a different plan instead of failing.
         progress: show a tqdm progress bar.
@@ -120,6 +128,8 @@ class BuildConfig:
     bands: tuple[int, int, int] | None = None
     alpha_band: int | Literal["auto"] | None = "auto"
     overviews: tuple[int, ...] = (2, 4, 8)
+    zooms: tuple[int, ...] = ()
+    zoom_max_pixels: int = 64_000_000
     overwrite: bool = False
     fresh: bool = False
     progress: bool = True
@@ -152,6 +162,10 @@ class BuildConfig:
             raise ValueError(f"alpha_band must be 'auto', None or a 1-based band index, got {self.alpha_band!r}")
         if any(int(f) != f or f < 2 for f in self.overviews) or list(self.overviews) != sorted(set(self.overviews)):
             raise ValueError(f"overviews must be increasing integer factors >= 2, got {self.overviews}")
+        if any(int(f) != f or f < 2 for f in self.zooms) or list(self.zooms) != sorted(set(self.zooms)):
+            raise ValueError(f"zooms must be increasing integer factors >= 2, got {self.zooms}")
+        if self.zoom_max_pixels < 1:
+            raise ValueError(f"zoom_max_pixels must be >= 1, got {self.zoom_max_pixels}")
 
     def backend_choice(self) -> BackendChoice:
         """The backend the encoder runs on."""
@@ -189,6 +203,13 @@ class MapPlan:
         georef = self.georef.overview(factor)
         return replace(self, map_id=f"{self.map_id}@{factor}x", georef=georef, base_id=self.map_id,
                        read_spec=replace(self.read_spec, overview=factor),
+                       grid=make_grid(georef.width, georef.height, encoder.tile_size, overlap, encoder.cell))
+
+    def zoom(self, factor: int, encoder: EncoderSpec, overlap: float) -> MapPlan:
+        """The plan of this map's zoom-in level magnified by ``factor``."""
+        georef = self.georef.zoom(factor)
+        return replace(self, map_id=f"{self.map_id}@zoom{factor}", georef=georef, base_id=self.map_id,
+                       read_spec=replace(self.read_spec, zoom=factor),
                        grid=make_grid(georef.width, georef.height, encoder.tile_size, overlap, encoder.cell))
 
     def files(self) -> dict[str, str]:
@@ -366,13 +387,19 @@ def plan_maps(paths: Sequence[str | os.PathLike[str]], config: BuildConfig, enco
     plans = [plan_map(p, config, encoder) for p in paths]
     levels = [lv for lv in (p.overview(f, encoder, config.overlap) for p in plans for f in config.overviews)
               if max(lv.georef.width, lv.georef.height) >= encoder.tile_size]
+    for lv in (p.zoom(f, encoder, config.overlap) for p in plans for f in config.zooms):
+        if lv.georef.width * lv.georef.height <= config.zoom_max_pixels:
+            levels.append(lv)
+        else:
+            logger.info("no zoom-in level %s: %dx%d px exceed zoom_max_pixels %d", lv.map_id, lv.georef.width,
+                        lv.georef.height, config.zoom_max_pixels)
     placed = [p.map_id for p in plans if p.georef.source == "bounds"]
     if len(placed) > 1:
         raise MapsError(f"--bounds places one image, but {len(placed)} maps lack a CRS: {placed}")
     if (config.bounds is not None or config.gsd is not None) and not any(p.georef.source != "file" for p in plans):
         logger.warning("--gsd/--bounds given but every map has its own georeference; they are not used")
     for level in levels:
-        logger.info("overview %s: %dx%d px, GSD %.3f m, %dx%d tiles", level.map_id, level.georef.width,
+        logger.info("level %s: %dx%d px, GSD %.3f m, %dx%d tiles", level.map_id, level.georef.width,
                     level.georef.height, level.georef.gsd_m, level.grid.nx, level.grid.ny)
     return plans + levels
 

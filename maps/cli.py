@@ -70,9 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--alpha-band", type=_alpha, default="auto",
                    help="band whose 0 marks no-data pixels though the file does not declare it: auto (detect a 0/255 "
                    "coverage band), none, or a 1-based index (default auto)")
-    b.add_argument("--overviews", type=_factors, default=BuildConfig.overviews,
+    b.add_argument("--overviews", type=parse_factors, default=BuildConfig.overviews,
                    help="decimation factors of the overview levels cached besides each map, comma-separated, or "
                    "'none' (default 2,4,8; a level is built while it still spans a tile)")
+    b.add_argument("--zooms", type=parse_factors, default=BuildConfig.zooms,
+                   help="magnification factors of zoom-in levels cached besides each map, comma-separated, or 'none' "
+                   "(default none; a level is built while it holds at most 64 Mpx)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     b.add_argument("--fresh", action="store_true", help="discard an unfinished build of a different plan")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -99,8 +102,8 @@ def _alpha(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(f"expected auto, none or a band index, got {text!r}") from None
 
 
-def _factors(text: str) -> tuple[int, ...]:
-    """``--overviews``: ``2,4,8`` -> ``(2, 4, 8)``; ``none`` or empty -> ``()``."""
+def parse_factors(text: str) -> tuple[int, ...]:
+    """``--overviews`` / ``--zooms``: ``2,4,8`` -> ``(2, 4, 8)``; ``none`` or empty -> ``()``."""
     if text.strip().lower() in ("", "none"):
         return ()
     try:
@@ -115,7 +118,8 @@ def _build(args: argparse.Namespace) -> int:
         ray_address=args.ray_address, tiles_per_task=args.tiles_per_task, backend=args.backend, device=args.device,
         threads=args.threads, gsd=args.gsd, bounds=tuple(args.bounds) if args.bounds else None,
         bounds_crs=args.bounds_crs, nodata=args.nodata, bands=tuple(args.bands) if args.bands else None,
-        alpha_band=args.alpha_band, overviews=args.overviews, overwrite=args.overwrite, fresh=args.fresh,
+        alpha_band=args.alpha_band, overviews=args.overviews, zooms=args.zooms, overwrite=args.overwrite,
+        fresh=args.fresh,
         progress=not args.no_progress,
     )
     summary = build_cache(args.bundle, args.maps, args.out, config)
@@ -141,7 +145,8 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         size = sum((root / rel).stat().st_size for rel in entry.record["files"].values())
         stats = entry.record["stats"]
         maps.append({
-            "id": map_id, "overview": entry.overview, "source": entry.source["path"], "epsg": geo.epsg,
+            "id": map_id, "overview": entry.overview, "zoom": entry.read_spec.zoom, "source": entry.source["path"],
+            "epsg": geo.epsg,
             "georef": geo.source,
             "size_px": [geo.width, geo.height], "gsd_m": geo.gsd_m, "km2": geo.area_km2,
             "tiles": entry.n_tiles, "grid": [entry.grid.nx, entry.grid.ny], "tiles_encoded": stats["tiles_encoded"],

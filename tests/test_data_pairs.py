@@ -13,6 +13,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
+from edge_runtime.map_cache import zoom_expand, zoom_matrix
 from topicgeo.data.pairs import (
     SPLITS_DIR,
     MapSource,
@@ -131,6 +132,57 @@ def test_pairs_are_deterministic_per_seed_and_epoch(sjer_root):
     assert not np.allclose(a[1].H_query_to_ref, before)
     with pytest.raises(IndexError):
         a[4]
+
+
+def test_zoomed_reference_windows_keep_the_ground_truth_exact(sjer_root):
+    """A zoomed pair's reference is the raster window magnified 2x; H maps the query onto it (same-date pairs: the
+    reference warped back reproduces the query), and its negative is magnified alike."""
+    sources = [dataclasses.replace(s, date_pairs=(("2018", "2018"),)) for s in sjer_sources(sjer_root, PLOTS)]
+    syn = dataclasses.replace(CLEAN, side_fraction_range=(0.25, 0.35))  # 100-140 px crops fit a 256-px window
+    cfg = PairConfig(synthesis=syn, ref_size=512, negative_prob=1.0, ref_zoom_prob=1.0)
+    ds = PairDataset(sources, cfg, seed=2, length=6)
+    for i in range(6):
+        p = ds[i]
+        assert p.ref_zoom == 2 and p.reference.shape == (512, 512, 3)
+        assert p.negative is not None and p.negative.shape == (512, 512, 3)
+        raster = GeoRaster(sjer_root / p.ref_date / f"{p.map_id}.tif")
+        window, valid = raster.read_window(*p.ref_origin, 256, 256)
+        expected, _ = zoom_expand(window, valid, 2)
+        np.testing.assert_array_equal(p.reference, expected)
+        assert warp_error(p) < 2.0
+        unzoomed = dataclasses.replace(p, H_query_to_ref=np.diag([0.5, 0.5, 1.0]) @ p.H_query_to_ref)
+        assert warp_error(unzoomed) > 3 * warp_error(p)
+    # Queries too large for the magnified window keep the raster's own pixels; probability 0 draws nothing.
+    big = PairDataset(sources, dataclasses.replace(cfg, synthesis=dataclasses.replace(
+        syn, side_fraction_range=(0.8, 0.95))), seed=2, length=3)
+    assert [big[i].ref_zoom for i in range(3)] == [1, 1, 1]
+    plain = PairDataset(sources, dataclasses.replace(cfg, ref_zoom_prob=0.0, negative_prob=0.0), seed=2, length=2)
+    before = PairDataset(sources, PairConfig(synthesis=syn, ref_size=512, negative_prob=0.0), seed=2, length=2)
+    for i in range(2):
+        np.testing.assert_array_equal(plain[i].reference, before[i].reference)
+    for bad in ({"ref_zoom": 3, "ref_zoom_prob": 0.5}, {"ref_zoom": 1}, {"ref_zoom_prob": 1.5}):
+        with pytest.raises(ValueError, match="ref_zoom"):
+            PairConfig(ref_size=512, **bad)
+
+
+def test_zoom_expand_is_bilinear_on_pixel_centres_and_strict_about_validity():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    valid = np.ones((6, 7), dtype=bool)
+    valid[2, 3] = False
+    out, out_valid = zoom_expand(image, valid, 2)
+    assert out.shape == (12, 14, 3) and out_valid.shape == (12, 14)
+    # Output pixel u is centred on input (u + 0.5) / 2 - 0.5: column 5 -> 2.25 (inputs 2 and 3, weights 3:1), row 9
+    # -> 4.25 (rows 4 and 5, 3:1).
+    img = image.astype(float)
+    row4, row5 = 0.75 * img[4, 2] + 0.25 * img[4, 3], 0.75 * img[5, 2] + 0.25 * img[5, 3]
+    np.testing.assert_allclose(out[9, 5].astype(float), 0.75 * row4 + 0.25 * row5, atol=1.0)
+    assert (zoom_matrix(2) @ np.array([2.25, 2.25, 1.0]))[:2].tolist() == [5.0, 5.0]
+    # Every output pixel that interpolates the invalid input is invalid (and black); the others are valid.
+    assert not out_valid[3:7, 5:9].any() and (out[~out_valid] == 0).all()
+    assert out_valid.sum() == 12 * 14 - 16
+    same, same_valid = zoom_expand(image, valid, 1)
+    assert same is image and same_valid is valid
 
 
 def test_negatives_come_from_unrelated_ground(sjer_root, naip_crops):

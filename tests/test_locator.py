@@ -359,7 +359,7 @@ def test_maps_of_nearly_equal_gsd_share_one_query_scale() -> None:
     fake = object.__new__(Locator)
     fake.cells = dict.fromkeys(gsds)
     fake.cache = SimpleNamespace(map=lambda m: SimpleNamespace(georef=SimpleNamespace(gsd_m=gsds[m]), base_id=m,
-                                                               overview=1))
+                                                               overview=1, scale=1.0))
     fake.query_size, fake.config = 512, LocatorConfig()
     plans = fake.query_plans((900, 1600), Priors(frame_gsd_m=0.05), None)
     assert [sorted(p.map_ids) for p in plans] == [["d"], ["a", "b", "c"]]

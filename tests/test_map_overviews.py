@@ -33,6 +33,8 @@ from edge_runtime.map_cache import (
     compute_read_spec,
     open_map_cache,
     overview_reduce,
+    zoom_expand,
+    zoom_matrix,
 )
 from edge_runtime.types import Priors
 from maps.build import BuildConfig, build_cache
@@ -80,6 +82,39 @@ def test_overview_reads_and_georeference_agree_with_the_native_raster(map_paths:
     uv = np.array([[0.0, 0.0], [10.0, 7.0], [174.0, 149.0]])
     base = (to_base @ np.c_[uv, np.ones(3)].T).T[:, :2]
     np.testing.assert_allclose(coarse.pixels_to_world(uv), georef.pixels_to_world(base), atol=1e-6)
+
+
+def test_zoom_level_reads_and_georeference_agree_with_the_native_raster(map_paths: list[Path]) -> None:
+    """A zoom-in level's window is the native raster magnified (any window, partly outside included, cut from the
+    magnified whole), and its georeference and ``to_base_px`` put its pixels on the same ground."""
+    path = map_paths[0]  # Brighton 0.1 m, 700 x 600, alpha band with real holes
+    native_spec = compute_read_spec(path)
+    native = RasterSource(path, native_spec)
+    level = RasterSource(path, replace(native_spec, zoom=2))
+    assert (level.width, level.height) == (1400, 1200)
+    whole, whole_valid = zoom_expand(*native.read(0, 0, 700, 600), 2)
+    for x0, y0, w, h in [(301, 117, 64, 48), (0, 0, 33, 17), (1370, 1180, 30, 20)]:
+        image, valid = level.read(x0, y0, w, h)
+        cut, cut_valid = whole[y0:y0 + h, x0:x0 + w], whole_valid[y0:y0 + h, x0:x0 + w]
+        np.testing.assert_array_equal(image[valid], cut[valid])
+        assert (image[~valid] == 0).all() and not (valid & ~cut_valid).any()
+        # strict validity: the raster's outermost zoomed pixel interpolates outside it (the whole's border clamps)
+        inner = np.s_[1:-1, 1:-1] if (x0, y0) == (0, 0) or x0 + w == 1400 else np.s_[:, :]
+        np.testing.assert_array_equal(valid[inner], cut_valid[inner])
+    image, valid = level.read(-5, 10, 16, 8)
+    assert not valid[:, :6].any() and valid[:, 7:].any()
+    with pytest.raises(MapCacheError, match="zoom"):
+        replace(native_spec, zoom=2, overview=2)
+
+    from maps.build import _georef
+
+    with rasterio.open(path) as ds:
+        georef = _georef(path, ds, BuildConfig())
+    fine = georef.zoom(2)
+    assert (fine.width, fine.height) == (1400, 1200) and fine.gsd_m == pytest.approx(georef.gsd_m / 2)
+    uv = np.array([[0.0, 0.0], [10.0, 7.0], [1399.0, 1199.0]])
+    base = (np.linalg.inv(zoom_matrix(2)) @ np.c_[uv, np.ones(3)].T).T[:, :2]
+    np.testing.assert_allclose(fine.pixels_to_world(uv), georef.pixels_to_world(base), atol=1e-6)
 
 
 def _write(path: Path, bands: np.ndarray, interp: list[ColorInterp], like: Path) -> Path:
@@ -165,6 +200,40 @@ def test_overview_levels_are_built_while_they_span_a_tile(overview_cache: Path, 
         BuildConfig(overviews=(4, 2))
 
 
+@pytest.fixture(scope="module")
+def zoom_cache(tiny_bundle: Path, map_paths: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zoomcache") / "cache"
+    build_cache(tiny_bundle, [map_paths[1]], out, BuildConfig(progress=False, zooms=(2,)))
+    return out
+
+
+def test_zoom_levels_are_cached_and_searched_without_a_scale_prior(zoom_cache: Path, tiny_bundle: Path) -> None:
+    out = zoom_cache
+    cache = open_map_cache(out)
+    assert list(cache.maps) == ["SJER_002"] and list(cache.overviews) == ["SJER_002@zoom2"]
+    base, level = cache.map("SJER_002"), cache.map("SJER_002@zoom2")
+    assert (level.base_id, level.overview, level.scale) == ("SJER_002", 1, 0.5)
+    assert (level.georef.width, level.georef.height) == (2 * base.georef.width, 2 * base.georef.height)
+    np.testing.assert_allclose(level.to_base_px, np.linalg.inv(zoom_matrix(2)))
+    roi, valid = level.read_roi(100, 60, 256, 192)
+    expected, _ = zoom_expand(*base.read_roi(49, 29, 130, 98), 2)  # one native pixel of margin on each side
+    np.testing.assert_array_equal(roi, expected[2:194, 2:258])
+    assert valid.all() and level.n_tiles > base.n_tiles
+    loc = Locator.open(tiny_bundle, out, LocatorConfig())
+    assert all(p.map_ids is None for p in loc.query_plans((512, 512), Priors(), None))  # every entry, both levels
+    # with a scale prior a frame whose footprint is small on the map goes to the zoom-in level
+    gsd = base.georef.gsd_m
+    plans = loc.query_plans((256, 256), Priors(frame_gsd_m=gsd / 2), None)  # 128 map px: 256 on the level
+    assert [set(p.map_ids) for p in plans] == [{"SJER_002@zoom2"}]
+    assert plans[0].expected_px["SJER_002@zoom2"] == pytest.approx(256)
+    small = zoom_cache.parent / "small"  # a map whose zoom-in level would exceed the pixel budget gets none
+    build_cache(tiny_bundle, [Path(base.source["path"])], small,
+                BuildConfig(progress=False, zooms=(2,), zoom_max_pixels=4 * base.georef.width * base.georef.height - 1))
+    assert open_map_cache(small).overviews == {}
+    with pytest.raises(ValueError, match="zooms"):
+        BuildConfig(zooms=(1,))
+
+
 def test_an_overview_of_a_missing_map_is_a_clear_error(overview_cache: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -184,6 +253,8 @@ def test_overview_for_frame_picks_the_finest_level_where_the_frame_fits() -> Non
     assert overview_for_frame(5000, [1, 2, 4], 512, 1.6, 1.0) == 4  # none reaches 1.0: the coarsest
     assert overview_for_frame(680, [1], 512, 1.6, 1.0) == 1
     assert overview_for_frame(680, [1, 2, 4], 512, 1.6, 1.6) == 4  # 170 px at 4x: 1.6
+    assert overview_for_frame(144, [0.5, 1, 2], 512, 1.6, 1.0) == 0.5  # 0.5 m map: 288 px on a 2x zoom-in level
+    assert overview_for_frame(400, [0.5, 1, 2], 512, 1.6, 1.0) == 1  # 800 px zoomed would not fit the canvas
 
 
 def test_query_plans_use_a_level_with_a_scale_prior_and_the_maps_without(overview_cache: Path,
@@ -245,14 +316,38 @@ def test_a_fix_on_an_overview_level_is_reported_on_the_maps_own_pixels(overview_
     np.testing.assert_allclose(result.extra["matches"][1], project_points(level.to_base_px @ H, in_f))
 
 
+def test_a_fix_on_a_zoom_level_is_reported_on_the_maps_own_pixels(zoom_cache: Path, tiny_bundle: Path) -> None:
+    from edge_runtime.numerics.geometry import footprint, project_points
+
+    loc = Locator.open(tiny_bundle, zoom_cache, LocatorConfig())
+    level, base = loc.cache.map("SJER_002@zoom2"), loc.cache.map("SJER_002")
+    frame = np.zeros((300, 400, 3), np.uint8)
+    H = np.array([[0.8, 0.0, 200.0], [0.0, 0.8, 150.0], [0.0, 0.0, 1.0]])  # frame px -> level px
+    in_f = np.array([[10.0, 10.0], [390.0, 20.0], [380.0, 290.0], [20.0, 280.0], [200.0, 150.0]])
+    result = loc._pose(frame, H, in_f, project_points(H, in_f), level, {"score": 0.5}, Priors(), None, None,
+                       {}, {})
+    assert result.ok and result.map_id == "SJER_002" and result.extra["map_entry"] == "SJER_002@zoom2"
+    quad = footprint(H, 400, 300)
+    np.testing.assert_allclose(result.footprint_px, (quad + 0.5) / 2.0 - 0.5)  # level px u -> base (u + 0.5) / 2 - 0.5
+    centre = np.asarray(result.extra["centre_px"])
+    lon, lat = base.georef.pixels_to_lonlat(centre[None])[0]
+    assert (result.lat, result.lon) == pytest.approx((lat, lon), abs=1e-9)
+    level_lon, level_lat = level.georef.pixels_to_lonlat(project_points(H, np.array([[199.5, 149.5]])))[0]
+    assert (result.lat, result.lon) == pytest.approx((level_lat, level_lon), abs=1e-9)  # the level's georeference
+    assert result.extra["map_px_per_frame_px"] == pytest.approx(0.4)  # base px per frame px
+
+
 def test_edge_maps_options_for_overviews_and_alpha_bands() -> None:
     import argparse
 
-    from maps.cli import _alpha, _factors
+    from maps.cli import _alpha, _parser, parse_factors
 
-    assert _factors("2,4,8") == (2, 4, 8) and _factors("none") == () and _factors("") == ()
+    assert parse_factors("2,4,8") == (2, 4, 8) and parse_factors("none") == () and parse_factors("") == ()
+    args = _parser().parse_args(["build", "--bundle", "b", "--map", "m.tif", "--out", "o", "--zooms", "2"])
+    assert (args.zooms, args.overviews) == ((2,), (2, 4, 8))
+    assert _parser().parse_args(["build", "--bundle", "b", "--map", "m.tif", "--out", "o"]).zooms == ()
     assert _alpha("auto") == "auto" and _alpha("none") is None and _alpha("4") == 4
-    for bad, parse in (("2,x", _factors), ("alpha", _alpha)):
+    for bad, parse in (("2,x", parse_factors), ("alpha", _alpha)):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
 

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from edge_runtime.map_cache import zoom_expand, zoom_matrix
 from topicgeo.data.raster import GeoRaster, RasterConfig, apply_homography, pixel_map_between
 from topicgeo.data.synthesis import (
     QuerySynthesisConfig,
@@ -107,6 +108,13 @@ class PairConfig:
             ``ref_size`` pads it to ``ref_size`` (equal shapes for batching).
         negative_prob: probability of adding an unrelated reference window (retrieval negative).
         negative_tries: attempts to find a window that does not overlap the query's ground.
+        ref_zoom_prob: probability that a pair whose query footprint fits a ``ref_size / ref_zoom`` window shows its
+            reference (and negative) window magnified ``ref_zoom`` times (:func:`edge_runtime.map_cache.zoom_expand`),
+            as a map cache's zoom-in level does (``edge-maps build --zooms``): a query cut from few map pixels and
+            brought to the query size (NAIP's 100-px crops at 512 px: 5x) covers less than two 64-px cells of the map
+            at its own pixels, and matching it on the magnified level needs the network to know blurred, upsampled
+            map texture. 0 (default) draws nothing, so earlier configs keep their samples.
+        ref_zoom: the magnification (integer >= 2).
         cache_max_pixels: rasters up to this many pixels are decoded once and kept in memory; larger ones are read
             window by window.
         cache_size: rasters kept in memory (LRU).
@@ -117,6 +125,8 @@ class PairConfig:
     pad_mode: Literal["multiple", "ref_size"] = "multiple"
     negative_prob: float = 0.5
     negative_tries: int = 20
+    ref_zoom_prob: float = 0.0
+    ref_zoom: int = 2
     cache_max_pixels: int = 16_000_000
     cache_size: int = 64
 
@@ -127,6 +137,11 @@ class PairConfig:
             raise ValueError(f"pad_mode must be 'multiple' or 'ref_size', got {self.pad_mode!r}")
         if not 0.0 <= self.negative_prob <= 1.0:
             raise ValueError(f"negative_prob must be in [0, 1], got {self.negative_prob}")
+        if not 0.0 <= self.ref_zoom_prob <= 1.0:
+            raise ValueError(f"ref_zoom_prob must be in [0, 1], got {self.ref_zoom_prob}")
+        zoom_misfit = self.ref_zoom_prob > 0 and self.ref_size % self.ref_zoom != 0
+        if int(self.ref_zoom) != self.ref_zoom or self.ref_zoom < 2 or zoom_misfit:
+            raise ValueError(f"ref_zoom must be an integer >= 2 dividing ref_size, got {self.ref_zoom}")
         if self.negative_tries < 1 or self.cache_size < 1 or self.cache_max_pixels < 0:
             raise ValueError("negative_tries and cache_size must be >= 1, cache_max_pixels >= 0")
 
@@ -164,6 +179,8 @@ class TrainingPair:
         query_date: date label of the raster the query was cut from.
         ref_date: date label of the reference raster.
         ref_origin: ``(x0, y0)`` of the window in the reference raster.
+        ref_zoom: magnification of the reference (and negative) window (1: the raster's own pixels; else the window
+            covers ``Hr / ref_zoom x Wr / ref_zoom`` raster pixels from ``ref_origin``).
         negative: optional ``(Hr, Wr, 3)`` uint8 unrelated window (retrieval negative: every cell is a non-match).
         negative_valid: ``(Hr, Wr)`` bool validity of ``negative`` (None without a negative).
         negative_id: ``"map_id/date@x0,y0"`` of the negative window (None without one).
@@ -179,6 +196,7 @@ class TrainingPair:
     query_date: str
     ref_date: str
     ref_origin: tuple[int, int]
+    ref_zoom: int = 1
     negative: np.ndarray | None = None
     negative_valid: np.ndarray | None = None
     negative_id: str | None = None
@@ -364,16 +382,17 @@ class PairDataset:
         H_to_raster = self.pixel_map(source, q_r, r_r) @ synth.H_query_to_map
         size = self.config.synthesis.query_size
         center = apply_homography(H_to_raster, np.array([[(size - 1) / 2.0, (size - 1) / 2.0]]))[0]
-        ref_size = self.config.ref_size
+        zoom = self._zoom(rng, H_to_raster, r_r)
+        ref_size = self.config.ref_size // zoom
         x0 = sample_window_origin(rng, float(center[0]), r_r.width, ref_size)
         y0 = sample_window_origin(rng, float(center[1]), r_r.height, ref_size)
         wr = window_span(r_r.width, ref_size, self.config.pad_mode)
         hr = window_span(r_r.height, ref_size, self.config.pad_mode)
-        ref, ref_valid = self._reader(r_r)(x0, y0, wr, hr)
-        H = _translation(-x0, -y0) @ H_to_raster
+        ref, ref_valid = zoom_expand(*self._reader(r_r)(x0, y0, wr, hr), zoom)
+        H = zoom_matrix(zoom) @ _translation(-x0, -y0) @ H_to_raster
         negative = None
         if rng.random() < self.config.negative_prob:
-            negative = self._negative(rng, source, q_r, synth.quad_in_map, (hr, wr))
+            negative = self._negative(rng, source, q_r, synth.quad_in_map, (hr, wr), zoom)
         return TrainingPair(
             query=synth.image,
             query_valid=synth.valid,
@@ -384,6 +403,7 @@ class PairDataset:
             query_date=q_date,
             ref_date=r_date,
             ref_origin=(x0, y0),
+            ref_zoom=zoom,
             negative=None if negative is None else negative.image,
             negative_valid=None if negative is None else negative.valid,
             negative_id=None
@@ -392,6 +412,17 @@ class PairDataset:
             index=index,
         )
 
+    def _zoom(self, rng: np.random.Generator, H_to_raster: np.ndarray, raster: GeoRaster) -> int:
+        """The reference window's magnification: ``ref_zoom`` with probability ``ref_zoom_prob`` when the query's
+        footprint (bounding box in reference-raster pixels) and the raster both fit a ``ref_size / ref_zoom`` window."""
+        cfg = self.config
+        if cfg.ref_zoom_prob <= 0 or rng.random() >= cfg.ref_zoom_prob:
+            return 1
+        side = cfg.ref_size // cfg.ref_zoom
+        quad = apply_homography(H_to_raster, query_corners(cfg.synthesis.query_size))
+        extent = quad.max(axis=0) - quad.min(axis=0)
+        return cfg.ref_zoom if extent.max() <= side and min(raster.width, raster.height) >= side else 1
+
     def _negative(
         self,
         rng: np.random.Generator,
@@ -399,8 +430,10 @@ class PairDataset:
         q_raster: GeoRaster,
         quad: np.ndarray,
         shape: tuple[int, int],
+        zoom: int = 1,
     ) -> ReferenceWindow | None:
-        """A window of the query's shape ``shape`` whose ground does not overlap the query's footprint ``quad``."""
+        """A window of ``shape`` raster pixels whose ground does not overlap the query's footprint ``quad``, magnified
+        ``zoom`` times as the pair's reference is."""
         hr, wr = shape
         for _ in range(self.config.negative_tries):
             other = self.sources[int(rng.integers(len(self.sources)))]
@@ -415,7 +448,7 @@ class PairDataset:
             image, valid = self._reader(raster)(x0, y0, wr, hr)
             if not valid.any():
                 continue
-            return ReferenceWindow(image, valid, other.map_id, date, (x0, y0))
+            return ReferenceWindow(*zoom_expand(image, valid, zoom), other.map_id, date, (x0, y0))
         logger.debug("no disjoint negative window for %s in %d tries", source.map_id, self.config.negative_tries)
         return None
 

@@ -65,6 +65,7 @@ def build_training_dataset(
     extra_side_fraction_range: tuple[float, float] = (0.4, 0.95),
     hue: float = QuerySynthesisConfig.hue,
     saturation: float = QuerySynthesisConfig.saturation,
+    ref_zoom_prob: float = 0.0,
 ) -> MixedPairs:
     """SJER (query side 0.4-0.95 of a plot) and NAIP (query side 90-400 px) pairs, references padded to ``ref_size``.
 
@@ -77,6 +78,8 @@ def build_training_dataset(
 
     ``hue`` / ``saturation`` widen the queries' colour jitter (:class:`QuerySynthesisConfig`: a hue shift of
     ``U(-hue, hue)`` turns, a saturation factor of ``U(1 - s, 1 + s)``) for every part of the mixture.
+    ``ref_zoom_prob`` shows the reference windows of small-footprint queries magnified 2x (:class:`PairConfig`), as
+    a map cache's zoom-in level does.
     """
     rotation = (float(rotation_deg[0]), float(rotation_deg[1]))
     parts: dict[str, PairDataset] = {}
@@ -85,7 +88,7 @@ def build_training_dataset(
     def add(name: str, sources: list, weight: int, seed_offset: int, **sides: Any) -> None:
         synth = QuerySynthesisConfig(query_size=query_size, rotation_deg=rotation, hue=hue, saturation=saturation,
                                      **sides)
-        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size")
+        cfg = PairConfig(synthesis=synth, ref_size=ref_size, pad_mode="ref_size", ref_zoom_prob=ref_zoom_prob)
         parts[name] = PairDataset(sources, cfg, seed=seed + seed_offset, length=samples_per_epoch)
         weights[name] = weight
 
