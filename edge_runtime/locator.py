@@ -715,7 +715,8 @@ class Locator:
             prep = prepare_query(pyramid, self.query_size, plan.content_px, self.cell, rotation)
             canvases.append((prep, self._encode("encoder_query", prep.canvas, prep.cell_valid), plan, float(rotation)))
             _add_ms(lat, "encode_query", t)
-        hypotheses, shortlist, widened = self._hypotheses(canvases, area, lat)
+        everywhere: dict[int, list[dict[str, Any]]] = {}  # canvas index -> its candidates against every map
+        hypotheses, shortlist, widened = self._hypotheses(canvases, area, lat, everywhere)
         if not hypotheses or hypotheses[0].score < self.config.min_confidence:
             score = hypotheses[0].score if hypotheses else 0.0
             lat["total"] = _ms(t0)
@@ -726,8 +727,8 @@ class Locator:
         if not result.ok and area is not None:
             # Nothing near the last fix was accepted: the frame gets the search it would have had without the prior
             # (its canvases are already encoded), skipping the places already verified.
-            everywhere, shortlist, _ = self._hypotheses(canvases, None, lat)
-            fresh = [h for h in everywhere if h.score >= self.config.min_confidence
+            anywhere, shortlist, _ = self._hypotheses(canvases, None, lat, everywhere)
+            fresh = [h for h in anywhere if h.score >= self.config.min_confidence
                      and not any(same_place(h, v, self.tile_size) for v in to_verify)]
             if fresh:
                 widened = True
@@ -747,9 +748,12 @@ class Locator:
 
     def _hypotheses(self, canvases: list[tuple[PreparedQuery, dict, QueryPlan, float]],
                     area: dict[str, np.ndarray] | None, lat: dict[str, float],
+                    everywhere: dict[int, list[dict[str, Any]]],
                     ) -> tuple[list[Hypothesis], list[dict[str, Any]], bool]:
         """Retrieval for every encoded canvas of a frame, within ``area`` (the temporal prior's cells) when given;
         a canvas whose best candidate there stays under ``min_confidence`` is retrieved against every map.
+        ``everywhere`` (canvas index -> candidates against every map) is filled and reused: a canvas already
+        retrieved against every map is not retrieved again.
 
         Returns:
             the hypotheses, best first (stable: ties keep the canvas order); the best-scoring canvas's map ranking
@@ -758,12 +762,16 @@ class Locator:
         hypotheses: list[Hypothesis] = []
         shortlist: list[dict[str, Any]] = []
         widened = False
-        for prep, enc, plan, rotation in canvases:
+        for i, (prep, enc, plan, rotation) in enumerate(canvases):
             t = time.perf_counter()
-            cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area, plan.map_ids)
-            if area is not None and (not cands or cands[0]["score"] < self.config.min_confidence):
-                widened = True
-                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, None, plan.map_ids)
+            cands = everywhere.get(i) if area is None else None
+            if cands is None:
+                cands = self.retrieve(enc["coarse"][0], prep.cell_valid, area, plan.map_ids)
+                if area is None:
+                    everywhere[i] = cands
+                elif not cands or cands[0]["score"] < self.config.min_confidence:
+                    widened = True
+                    cands = everywhere[i] = self.retrieve(enc["coarse"][0], prep.cell_valid, None, plan.map_ids)
             _add_ms(lat, "retrieval", t)
             if cands and (not shortlist or cands[0]["score"] > shortlist[0]["score"]):
                 shortlist = cands

@@ -416,6 +416,7 @@ class _PriorLocator(Locator):
         self.cache = SimpleNamespace(map=lambda m: SimpleNamespace(base_id=m))
         self.near, self.everywhere, self.accept, self.verified_places = near, everywhere, accept, []
         self.last_fix = ("m", np.array([10.0, 10.0]))
+        self.retrievals_everywhere = 0
 
     @property
     def backend_status(self) -> dict:
@@ -434,6 +435,7 @@ class _PriorLocator(Locator):
 
     def retrieve(self, coarse_q, valid_q, area=None, map_ids=None):
         places = self.near if area is not None else self.everywhere
+        self.retrievals_everywhere += area is None
         return [{"map_id": p.split("@")[0], "score": 0.5 - 0.01 * i, "matches": 9, "scale": 1.0, "angle": 0.0,
                  "pts_q": np.zeros((4, 2)), "pts_r": np.full((4, 2), 100.0 * int(p.split("@")[1]))}
                 for i, p in enumerate(places)]
@@ -465,6 +467,15 @@ def test_a_frame_not_found_near_the_last_fix_is_searched_everywhere(near: list[s
     assert loc.verified_places == verified and result.ok is ok
     assert result.extra["widened"] is (len(verified) > 1)
     assert (loc.last_fix is not None) is ok  # a lost fix widens the next frame's search from the start
+
+
+def test_a_canvas_already_searched_everywhere_is_not_retrieved_again() -> None:
+    """Nothing near the last fix: the first search widens at once, and the second search (nothing was accepted)
+    reuses that retrieval instead of repeating it."""
+    loc = _PriorLocator([], ["n@0"], set())
+    result = loc.locate(np.zeros((64, 64, 3), np.uint8), Priors(yaw_deg=0.0))
+    assert not result.ok and result.extra["widened"] and loc.verified_places == ["n@0"]
+    assert loc.retrievals_everywhere == 1
 
 
 def test_verify_candidates_must_be_positive() -> None:
