@@ -309,7 +309,8 @@ def _read_exif(p: Path) -> dict[str, Any]:
         "focal_length_mm": _exif_float(sub.get(T.FocalLength), "FocalLength", p),
         "focal_length_35mm": _exif_float(sub.get(T.FocalLengthIn35mmFilm), "FocalLengthIn35mmFilm", p),
         "capture_time": _exif_time(
-            sub.get(T.DateTimeOriginal) or ifd0.get(T.DateTime), sub.get(T.OffsetTimeOriginal), p
+            sub.get(T.DateTimeOriginal) or ifd0.get(T.DateTime), sub.get(T.OffsetTimeOriginal), p,
+            sub.get(T.SubsecTimeOriginal) if sub.get(T.DateTimeOriginal) else sub.get(T.SubsecTime),
         ),
     }
     if out["focal_length_35mm"] == 0:
@@ -354,7 +355,9 @@ def _exif_float(value: Any, tag: str, p: Path) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _exif_time(value: Any, offset: Any, p: Path) -> datetime | None:
+def _exif_time(value: Any, offset: Any, p: Path, subsec: Any = None) -> datetime | None:
+    """The EXIF time ``value`` with its fraction of a second (``SubSecTimeOriginal``: the digits after the decimal
+    point; ignored unless all digits) and its UTC ``offset`` when given."""
     text = _exif_str(value)
     if text is None:
         return None
@@ -362,6 +365,9 @@ def _exif_time(value: Any, offset: Any, p: Path) -> datetime | None:
         stamp = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
     except ValueError as exc:
         raise ValueError(f"{p}: EXIF DateTimeOriginal {text!r} is not 'YYYY:MM:DD HH:MM:SS'") from exc
+    digits = (_exif_str(subsec) or "").strip()
+    if digits.isdigit():  # "5" = 0.5 s, "042" = 0.042 s
+        stamp += timedelta(microseconds=round(int(digits) / 10 ** len(digits) * 1e6))
     off = _exif_str(offset)
     if off and re.fullmatch(r"[+-]\d\d:\d\d", off):
         sign = -1 if off[0] == "-" else 1
@@ -385,9 +391,12 @@ def _xmp_float(xmp: dict[str, str], ns: str, name: str, p: Path) -> float | None
     if text is None:
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError as exc:
         raise ValueError(f"{p}: XMP {name} is not a number: {text!r}") from exc
+    if not math.isfinite(value):
+        raise ValueError(f"{p}: XMP {name} is not a finite number: {text!r}")
+    return value
 
 
 def _xmp_int(xmp: dict[str, str], ns: str, name: str) -> int | None:
@@ -432,6 +441,11 @@ def _original_size(
 
 
 # --------------------------------------------------------------------------------------------- intrinsics
+def _focal_from_35mm(focal_35mm: float, captured_width: int) -> float:
+    """Focal length in captured pixels from ``FocalLengthIn35mmFilm`` (taken across the 36 mm film width)."""
+    return focal_35mm / _FILM_WIDTH_MM * captured_width
+
+
 def camera_from_metadata(
     meta: ImageMetadata,
     *,
@@ -498,7 +512,7 @@ def camera_from_metadata(
     elif use_35mm_equivalent:
         if meta.focal_length_35mm is None or meta.focal_length_35mm <= 0:
             raise ValueError(f"{src}: no EXIF FocalLengthIn35mmFilm")
-        f = meta.focal_length_35mm / _FILM_WIDTH_MM * cap_w
+        f = _focal_from_35mm(meta.focal_length_35mm, cap_w)
         (cx, cy), how = centre, f"EXIF FocalLengthIn35mmFilm {meta.focal_length_35mm:g} mm (approximate)"
     elif meta.calibrated_focal_length_px is not None:
         if meta.calibrated_optical_center_x is None or meta.calibrated_optical_center_y is None:
@@ -506,7 +520,7 @@ def camera_from_metadata(
         f, cx, cy = meta.calibrated_focal_length_px, meta.calibrated_optical_center_x, meta.calibrated_optical_center_y
         how = "DJI CalibratedFocalLength/CalibratedOpticalCenter"
     elif fallback_35mm and meta.focal_length_35mm is not None and meta.focal_length_35mm > 0:
-        f = meta.focal_length_35mm / _FILM_WIDTH_MM * cap_w
+        f = _focal_from_35mm(meta.focal_length_35mm, cap_w)
         (cx, cy), how = centre, f"EXIF FocalLengthIn35mmFilm {meta.focal_length_35mm:g} mm (approximate, fallback)"
         model = _camera_name(meta)
         if model not in _WARNED_35MM:

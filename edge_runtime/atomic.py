@@ -38,16 +38,48 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def fsync_tree(root: str | os.PathLike[str]) -> None:
+    """Flush every file and folder under ``root`` (and ``root`` itself) to disk, so that a folder renamed into place
+    afterwards cannot show empty or partial files after a power loss."""
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_directory(folder)
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
 def replace_directory(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is moved aside first, then deleted."""
+    """Rename the finished folder ``src`` to ``dst``; an existing ``dst`` is moved aside first and deleted only once
+    ``src`` is in place (moved back if that rename fails)."""
     src, dst = Path(src), Path(dst)
     if dst.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
         os.replace(dst, old / dst.name)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except BaseException:
+            os.replace(old / dst.name, dst)
+            old.rmdir()
+            raise
+        fsync_directory(dst.parent)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+        fsync_directory(dst.parent)
 
 
 def verify_listed_files(
@@ -88,6 +120,7 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp creates 0700; bundles and caches are read by the service user
+        fsync_tree(tmp)  # on disk before the rename (and before an overwritten folder is deleted)
         replace_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -40,7 +40,9 @@ def read_frame(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise FrameError(f"image file is empty: {path}")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # the stored pixels, as the service decodes them: the EXIF/XMP priors and intrinsics describe those, so an EXIF
+    # Orientation tag must not turn the image under them
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise FrameError(f"cannot decode image {path} (corrupt or not an image)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

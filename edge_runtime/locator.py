@@ -32,7 +32,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -126,10 +126,10 @@ class LocatorConfig:
             footprint extrapolates wildly.
         homography_gain: see ``geometry``.
         max_scale_error: with an altitude prior, the found scale may differ by at most this factor.
-        max_heading_error_deg: with a yaw prior, the found heading (image top, clockwise from grid north) may differ
-            from it by at most this many degrees. A compass and gimbal yaw are good to a few degrees and grid north
-            is within ~2 degrees of true north in UTM; a fit that turns the north-up frame by more than that has
-            matched the wrong place.
+        max_heading_error_deg: with a yaw prior, the found heading (image top, clockwise from true north) may differ
+            from it by at most this many degrees. A compass and gimbal yaw are good to a few degrees; a fit that
+            turns the north-up frame by more than that has matched the wrong place. (The frame is de-rotated onto
+            the map's grid with the yaw prior; grid north is within ~2 degrees of true north in UTM.)
         temporal_prior: frames are a sequence (one camera in flight, in capture order): after a fix the next frame
             is retrieved among the cells within ``prior_radius_m`` of it first (a canvas with nothing there above
             ``min_confidence`` at once against every map), and when no hypothesis found there is accepted, against
@@ -662,7 +662,8 @@ class Locator:
         if priors.frame_gsd_m is not None:
             frame_gsd = float(priors.frame_gsd_m)
         elif priors.altitude_agl_m is not None and camera is not None:
-            frame_gsd = priors.altitude_agl_m / math.sqrt(camera.fx * camera.fy)
+            seen_by = frame_camera(camera)  # the pinhole of the undistorted frame the locator matches
+            frame_gsd = priors.altitude_agl_m / math.sqrt(seen_by.fx * seen_by.fy)
         else:
             return [QueryPlan(s * self.query_size, {}, self.unscaled_ids) for s in self.config.content_scales]
         levels: dict[str, dict[float, str]] = {}  # base map -> {scale (base px per entry px): entry id}
@@ -699,10 +700,10 @@ class Locator:
             raise LocatorError(
                 f"camera calibration is for {camera.size}, the frame is {frame.shape[1]}x{frame.shape[0]}"
             )
-        if camera is not None and np.any(np.asarray(camera.D) != 0):
+        if camera is not None and needs_undistortion(camera):
             from calibration.geometry import undistort_image
 
-            frame = undistort_image(frame, camera)
+            frame = undistort_image(frame, rectified_for_matching(camera))
         plans = self.query_plans(frame.shape[:2], priors, camera)
         pyramid = FramePyramid(frame)  # every canvas of this frame shrinks from its nearest halving
         rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
@@ -995,10 +996,12 @@ class Locator:
                 **common}
         if not is_convex_quad(quad):
             return LocateResult.failure("degenerate footprint", **fail)
+        if entry.georef.crs_wkt is None:  # placed with --gsd only: map coordinates but no latitude/longitude
+            return LocateResult.failure(f"map {entry.base_id} has no CRS (built with --gsd only): no latitude/"
+                                        "longitude to report", **fail)
         centre = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0]]))[0]
         up = project_points(H, np.array([[(w - 1) / 2.0, (h - 1) / 2.0 - 1.0]]))[0]
         map_px_per_frame_px = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0))  # at the frame centre
-        gsd = entry.georef.gsd_m
         if expected is not None:
             expected_scale = expected / max(h, w)
             ratio = map_px_per_frame_px / expected_scale
@@ -1006,9 +1009,10 @@ class Locator:
                 return LocateResult.failure(
                     f"scale {map_px_per_frame_px:.4f} map px per frame px disagrees with the altitude prior "
                     f"({expected_scale:.4f}, ratio {ratio:.2f})", **fail)
-        world = entry.georef.pixels_to_world(np.array([centre, up]))
-        d = world[1] - world[0]
-        heading = (math.degrees(math.atan2(d[0], d[1])) + 360.0) % 360.0  # clockwise from grid north
+        metric = entry.georef.metres_per_pixel(centre)  # (2, 2): map px -> metres east / north, here
+        gsd = math.sqrt(abs(float(np.linalg.det(metric))))  # the map's GSD at the fix (its centre's elsewhere)
+        d = metric @ (up - centre)
+        heading = (math.degrees(math.atan2(d[0], d[1])) + 360.0) % 360.0  # clockwise from true north
         if priors.yaw_deg is not None:
             turn = heading_difference(heading, priors.yaw_deg)
             if turn > self.config.max_heading_error_deg:
@@ -1022,7 +1026,8 @@ class Locator:
         altitude = None
         attitude = None
         position_lonlat = lonlat[0]
-        map_xy = (float(world[0, 0]), float(world[0, 1]))
+        world = entry.georef.pixels_to_world(centre[None])[0]
+        map_xy = (float(world[0]), float(world[1]))
         to_base = entry.to_base_px  # reported on the map's own pixels (the entry may be an overview level)
         extra: dict[str, Any] = {"centre_px": project_points(to_base, centre[None])[0].tolist(),
                                  "retrieval_score": top["score"], "map_entry": entry.map_id,
@@ -1032,26 +1037,27 @@ class Locator:
                                  "ground_centre_lonlat": lonlat[0].tolist(),
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
-            altitude = map_px_per_frame_px * gsd * math.sqrt(camera.fx * camera.fy)
+            altitude = altitude_from_scale(map_px_per_frame_px, gsd, frame_camera(camera))
             # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
             # over flat ground with matches in part of the frame its tilt trades off against its translation
             # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
             # one, where this position was 1.1 m off).
-            camera_en = position_from_attitude_prior(H, camera, entry.georef.pixels_to_world, altitude, heading, priors)
+            camera_px = position_from_attitude_prior(H, camera, metric, altitude, heading, priors)
             pose = None
-            if camera_en is not None:
+            if camera_px is not None:
                 extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
                 attitude = (float(priors.roll_deg), float(priors.pitch_deg), float(heading))
-            elif (pose := self._camera_pose(in_f, in_r, entry, frame_camera(camera))) is not None:
-                camera_en = (float(pose.position[0]), float(pose.position[1]))
+            elif (found := self._camera_pose(in_f, in_r, entry, frame_camera(camera))) is not None:
+                pose, camera_px = found
                 altitude = float(pose.altitude_agl_m)
                 attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
                 std = float(max(np.sqrt(pose.covariance[0, 0]), np.sqrt(pose.covariance[1, 1]), std))
                 extra.update({"position": "camera centre (6-DoF PnP pose)", "pose_rms_px": pose.rms_px,
                               "pose_std": pose.std.tolist()})
-            if camera_en is not None:
-                position_lonlat = entry.georef.pixels_to_lonlat(entry.georef.world_to_pixels(np.array([camera_en])))[0]
-                map_xy = camera_en
+            if camera_px is not None:
+                position_lonlat = entry.georef.pixels_to_lonlat(camera_px[None])[0]
+                camera_world = entry.georef.pixels_to_world(camera_px[None])[0]
+                map_xy = (float(camera_world[0]), float(camera_world[1]))
             if pose is None:  # the attitude is a prior or assumed nadir
                 attitude_m = altitude * math.tan(math.radians(self.config.attitude_std_deg))
                 extra["std_parts_m"] = {"fit": round(std, 3), "attitude": round(attitude_m, 3)}
@@ -1067,20 +1073,24 @@ class Locator:
         )
 
     @staticmethod
-    def _camera_pose(in_f: np.ndarray, in_r: np.ndarray, entry: Any, camera: Any) -> Any:
+    def _camera_pose(in_f: np.ndarray, in_r: np.ndarray, entry: Any, camera: Any) -> tuple[Any, np.ndarray] | None:
         """6-DoF camera pose from frame <-> map inliers on a flat ground plane (IPPE) for the pinhole ``camera`` the
-        frame is seen by (:func:`frame_camera`); None when it fails."""
+        frame is seen by (:func:`frame_camera`), solved in metres east / north around the inliers (the map's local
+        ground metric, whatever its CRS's units). Returns the pose (metres, in that local frame) and the camera's map
+        pixel ``(2,)``; None when it fails."""
         from calibration.geometry import PoseConfig, estimate_pose
 
-        if entry.georef.crs_wkt is None and entry.georef.source != "gsd":
-            return None
         keep = np.linspace(0, len(in_f) - 1, min(len(in_f), 400)).astype(int)
-        ground = entry.georef.pixels_to_world(in_r[keep])
+        origin = in_r[keep].mean(axis=0)
+        metric = entry.georef.metres_per_pixel(origin)
+        ground = (in_r[keep] - origin) @ metric.T
         try:
-            return estimate_pose(in_f[keep], ground, camera, config=PoseConfig(ransac_threshold_px=8.0))
+            pose = estimate_pose(in_f[keep], ground, camera, config=PoseConfig(ransac_threshold_px=8.0))
+            camera_px = origin + np.linalg.solve(metric, np.asarray(pose.position[:2], np.float64))
         except (ValueError, np.linalg.LinAlgError) as exc:
             logger.info("no 6-DoF pose: %s", exc)
             return None
+        return pose, camera_px
 
 
 def _crs_name(georef: Any) -> str | None:
@@ -1093,34 +1103,65 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000.0, 2)
 
 
+def needs_undistortion(camera: Any) -> bool:
+    """Whether the locator rectifies a frame of ``camera`` before matching: any distortion coefficient, or a fisheye
+    (``equidistant``) model, whose f-theta projection is not a pinhole even with all coefficients 0."""
+    return bool(camera.is_fisheye or np.any(np.asarray(camera.D) != 0))
+
+
+def rectified_for_matching(camera: Any) -> Any:
+    """``camera`` with the rectified image's ``P`` made square-pixelled: the matcher fits a similarity (one scale),
+    so the undistorted frame must show the ground at one scale in x and y. ``P`` from ``getOptimalNewCameraMatrix``
+    scales x and y apart (fx' / fy' = 0.95 for OpenCV's sample lens); here ``f = sqrt(fx' fy')`` at ``P``'s
+    principal point, at the frame's size."""
+    from calibration.camera_info import CameraInfo
+
+    P = np.asarray(camera.P, np.float64)
+    f = math.sqrt(P[0, 0] * P[1, 1])
+    square = np.array([[f, 0.0, P[0, 2], 0.0], [0.0, f, P[1, 2], 0.0], [0.0, 0.0, 1.0, 0.0]])
+    return CameraInfo(camera.width, camera.height, camera.K, camera.D, camera.distortion_model, camera.R, square,
+                      camera.camera_name)
+
+
 def frame_camera(camera: Any) -> Any:
-    """The pinhole camera of the frame the locator matches: ``camera`` itself, or, when it has distortion (the frame
-    was undistorted to ``P[:3, :3]`` in :meth:`Locator.locate`), that ideal pinhole."""
-    if not np.any(np.asarray(camera.D) != 0):
+    """The pinhole camera of the frame the locator matches: ``camera`` itself, or, when the locator rectified the
+    frame (:func:`needs_undistortion`; in :meth:`Locator.locate`), the square-pixel pinhole of
+    :func:`rectified_for_matching`."""
+    if not needs_undistortion(camera):
         return camera
     from calibration.camera_info import CameraInfo
 
-    return CameraInfo(camera.width, camera.height, camera.P[:3, :3], np.zeros(5), "plumb_bob",
-                      camera_name=camera.camera_name)
+    return CameraInfo(camera.width, camera.height, rectified_for_matching(camera).P[:3, :3], np.zeros(5),
+                      "plumb_bob", camera_name=camera.camera_name)
 
 
-def position_from_attitude_prior(H: np.ndarray, camera: Any, pixels_to_world: Callable[[np.ndarray], np.ndarray],
-                                 altitude_m: float, heading_deg: float, priors: Priors) -> tuple[float, float] | None:
-    """Camera ``(east, north)`` from a fit and the attitude prior: the camera at ``altitude_m`` (from the fit's
-    scale) that looks, at the prior's roll and pitch and the fit's heading, at the ground point under the principal
-    point of the frame's pinhole (:func:`frame_camera`), projected by ``H (3, 3)`` (frame px -> map px) and
-    ``pixels_to_world`` (map px ``(N, 2)`` -> east / north). None without a roll / pitch prior, or when the prior
-    looks above the horizon (the matches decide then). Shared with the benchmark's peers."""
+def altitude_from_scale(map_px_per_frame_px: float, map_gsd_m: float, camera: Any) -> float:
+    """Height above flat ground, in metres, of a nadir ``camera`` whose frame pixel spans ``map_px_per_frame_px``
+    map pixels of ``map_gsd_m`` metres (the fit's local scale at the frame centre). Shared with the benchmark's
+    peers."""
+    return map_px_per_frame_px * map_gsd_m * math.sqrt(camera.fx * camera.fy)
+
+
+def position_from_attitude_prior(H: np.ndarray, camera: Any, metres_per_px: np.ndarray, altitude_m: float,
+                                 heading_deg: float, priors: Priors) -> np.ndarray | None:
+    """Camera map pixel ``(2,)`` from a fit and the attitude prior: the camera at ``altitude_m`` (from the fit's
+    scale) that looks, at the prior's roll and pitch and the fit's heading (clockwise from true north), at the
+    ground point under the principal point of the frame's pinhole (:func:`frame_camera`), projected by
+    ``H (3, 3)`` (frame px -> map px); ``metres_per_px (2, 2)`` is the map's ground metric there
+    (:meth:`~edge_runtime.map_cache.MapGeoref.metres_per_pixel`: columns = metres east / north per pixel step in x
+    and y), which turns the camera's offset in metres into map pixels. None without a roll / pitch prior, or when
+    the prior looks above the horizon (the matches decide then). Shared with the benchmark's peers."""
     if priors.roll_deg is None or priors.pitch_deg is None:
         return None
     seen_by = frame_camera(camera)
-    principal = project_points(H, np.array([[seen_by.cx, seen_by.cy]]))
+    principal = project_points(H, np.array([[seen_by.cx, seen_by.cy]]))[0]
     try:
-        return camera_position_from_attitude(pixels_to_world(principal)[0], altitude_m, heading_deg, priors.pitch_deg,
-                                             priors.roll_deg)
+        offset_en = camera_position_from_attitude(np.zeros(2), altitude_m, heading_deg, priors.pitch_deg,
+                                                  priors.roll_deg)
     except ValueError as exc:
         logger.info("attitude prior not used for the position: %s", exc)
         return None
+    return principal + np.linalg.solve(np.asarray(metres_per_px, np.float64), np.asarray(offset_en, np.float64))
 
 
 def camera_position_from_attitude(ground_en: np.ndarray, altitude_m: float, yaw_deg: float, pitch_deg: float,

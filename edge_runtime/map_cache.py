@@ -93,38 +93,54 @@ def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def ground_sample_distance(transform: Sequence[float], crs_wkt: str | None, width: int, height: int) -> float:
-    """Ground sample distance in metres of a georeferenced raster.
-
-    Projected CRSs: ``sqrt(|det|)`` of the affine in CRS units times the unit's size in metres (grid distance).
-    Geographic CRSs: geometric mean of the geodesic lengths of one pixel step in x and in y at the raster centre.
+    """Ground sample distance in metres of a georeferenced raster at its centre: ``sqrt(|det J|)`` of
+    :func:`metres_per_pixel` (geodesic on WGS84 for every CRS, so a Web Mercator map at 50 degrees latitude gets
+    its true 0.64x pixel size on the ground, not its grid size).
 
     Raises:
-        MapCacheError: the CRS has neither metric nor angular axes, or the GSD is not positive and finite.
+        MapCacheError: the raster has no CRS, the CRS cannot be converted to latitude/longitude, or the GSD is not
+            positive and finite.
     """
-    from pyproj import CRS, Geod
-
-    a, b, _, d, e, _ = (float(v) for v in tuple(transform)[:6])
-    det = abs(a * e - b * d)
     if crs_wkt is None:
         raise MapCacheError("a raster without a CRS has no metric GSD; pass it explicitly")
-    crs = CRS.from_wkt(crs_wkt)
-    if crs.is_projected:
-        factor = float(crs.axis_info[0].unit_conversion_factor)
-        gsd = math.sqrt(det) * factor
-    elif crs.is_geographic:
-        matrix = pixel_to_world_affine(transform)
-        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-        pts = apply_affine(matrix, np.array([[cx, cy], [cx + 1.0, cy], [cx, cy + 1.0]]))
-        lonlat = _to_lonlat(crs, pts)
-        geod = Geod(ellps="WGS84")
-        _, _, dx = geod.inv(lonlat[0, 0], lonlat[0, 1], lonlat[1, 0], lonlat[1, 1])
-        _, _, dy = geod.inv(lonlat[0, 0], lonlat[0, 1], lonlat[2, 0], lonlat[2, 1])
-        gsd = math.sqrt(abs(dx) * abs(dy))
-    else:
-        raise MapCacheError(f"CRS {crs.name!r} is neither projected nor geographic; cannot compute a GSD")
+    jac = metres_per_pixel(transform, crs_wkt, ((width - 1) / 2.0, (height - 1) / 2.0))
+    gsd = math.sqrt(abs(float(np.linalg.det(jac))))
     if not (math.isfinite(gsd) and gsd > 0):
         raise MapCacheError(f"GSD {gsd} m from transform {tuple(transform)[:6]} is not positive")
     return gsd
+
+
+def metres_per_pixel(transform: Sequence[float], crs_wkt: str, at_px: Sequence[float]) -> np.ndarray:
+    """Local ground metric of a georeferenced raster at pixel ``at_px = (x, y)``.
+
+    Returns:
+        ``(2, 2)`` float64 ``J`` whose columns are the ground displacement (east, north) in metres of one pixel step
+        in x and one in y, from geodesics on the WGS84 ellipsoid (so ``J @ (dx, dy)`` is metres east / north of a
+        small pixel offset, in any CRS: projected, Web Mercator or geographic).
+
+    Raises:
+        MapCacheError: the CRS cannot be converted to latitude/longitude, or the step is not finite.
+    """
+    from pyproj import CRS, Geod
+    from pyproj.exceptions import CRSError, ProjError
+
+    x, y = (float(v) for v in at_px)
+    matrix = pixel_to_world_affine(transform)
+    pts = apply_affine(matrix, np.array([[x, y], [x + 1.0, y], [x, y + 1.0]]))
+    try:
+        lonlat = _to_lonlat(CRS.from_wkt(crs_wkt), pts)
+    except (CRSError, ProjError) as exc:
+        raise MapCacheError(f"CRS cannot be converted to latitude/longitude: {exc}") from exc
+    geod = Geod(ellps="WGS84")
+    cols = []
+    for k in (1, 2):
+        azimuth, _, dist = geod.inv(lonlat[0, 0], lonlat[0, 1], lonlat[k, 0], lonlat[k, 1])
+        a = math.radians(azimuth)
+        cols.append((dist * math.sin(a), dist * math.cos(a)))
+    jac = np.array(cols, dtype=np.float64).T
+    if not np.all(np.isfinite(jac)):
+        raise MapCacheError(f"no ground metric at pixel {at_px}: the CRS gives non-finite coordinates there")
+    return jac
 
 
 def transform_points(transformer: Any, points: np.ndarray) -> np.ndarray:
@@ -153,7 +169,7 @@ class MapGeoref:
         transform: rasterio affine coefficients ``(a, b, c, d, e, f)`` (pixel-corner convention).
         crs_wkt: WKT of the CRS; ``None`` for an image placed with ``--gsd`` only (a local metric frame, no lat/lon).
         epsg: EPSG code of the CRS when it has one.
-        gsd_m: ground sample distance in metres.
+        gsd_m: ground sample distance in metres (on the ground at the map centre, not the CRS grid's unit).
         source: ``file`` (the raster's own georeference), ``bounds`` (``--bounds``) or ``gsd`` (``--gsd`` only).
     """
 
@@ -202,6 +218,13 @@ class MapGeoref:
     def world_to_pixels(self, points: np.ndarray) -> np.ndarray:
         """``(N, 2)`` world (CRS) coordinates -> ``(N, 2)`` float64 pixel coordinates."""
         return apply_affine(self.world_to_pixel, points)
+
+    def metres_per_pixel(self, at_px: Sequence[float]) -> np.ndarray:
+        """``(2, 2)`` ground metric at pixel ``at_px``: columns = metres (east, north) of one pixel step in x and in y
+        (:func:`metres_per_pixel`; a map placed with ``--gsd`` only is its own local metric east/north frame)."""
+        if self.crs_wkt is None:
+            return self.pixel_to_world[:2, :2].copy()
+        return metres_per_pixel(self.transform, self.crs_wkt, at_px)
 
     @cached_property
     def _transformers(self) -> tuple[Any, Any]:
@@ -542,6 +565,7 @@ class RasterSource:
         self.height = -(-self.native_height // spec.overview) * spec.zoom
         bad = [b for b in (*spec.bands, spec.alpha_band or 1) if b > ds.count]
         if bad:
+            self.close()
             raise MapCacheError(f"raster {self.path} has {ds.count} bands; the read spec wants {spec.bands}")
 
     def _dataset(self) -> Any:
@@ -771,11 +795,13 @@ class CachedMap:
 
     def raster(self) -> RasterSource:
         """The opened source raster (opened and size-checked on first use)."""
-        if self._raster is None:
-            self._raster = RasterSource(self.source_path(), self.read_spec)
-            if (self._raster.width, self._raster.height) != (self.georef.width, self.georef.height):
-                raise MapCacheError(f"source raster {self._raster.path} is {self._raster.width}x"
-                                    f"{self._raster.height}, the cache says {self.georef.width}x{self.georef.height}")
+        if self._raster is None:  # kept only once it fits: a raster that failed the check fails every read
+            source = RasterSource(self.source_path(), self.read_spec)
+            if (source.width, source.height) != (self.georef.width, self.georef.height):
+                source.close()
+                raise MapCacheError(f"source raster {source.path} is {source.width}x{source.height}, the cache "
+                                    f"says {self.georef.width}x{self.georef.height}")
+            self._raster = source
         return self._raster
 
     def read_roi(self, x0: int, y0: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -889,6 +915,15 @@ def verify_cache_files(root: str | os.PathLike[str], manifest: dict[str, Any]) -
     verify_listed_files(root, manifest.get("files"), "cache", MapCacheError)
 
 
+def encoder_sha256(bundle: Any) -> str | None:
+    """sha256 of the bundle's map-tile encoder graph (ONNX at its precision) as its manifest lists it (None when
+    the manifest lists no hash for it). The bundle id names the checkpoint and export settings; this names the
+    graph's bytes, which a re-export with another exporter may change under the same id."""
+    onnx = bundle.onnx_path("encoder_tile")
+    files = bundle.manifest.get("files") or {}
+    return files.get(onnx.relative_to(bundle.root).as_posix())
+
+
 def check_bundle(manifest: dict[str, Any], bundle: Any, where: str | os.PathLike[str] = "cache") -> None:
     """Raise :class:`MapCacheError` unless the cache was built by ``bundle`` (same id, tile size, feature width).
 
@@ -908,6 +943,12 @@ def check_bundle(manifest: dict[str, Any], bundle: Any, where: str | os.PathLike
     if coarse and int(coarse[0].shape[-1]) != int(rec["coarse_dim"]):
         raise MapCacheError(f"map cache {where} has {rec['coarse_dim']}-d features, bundle {bundle.root} "
                             f"produces {coarse[0].shape[-1]}-d")
+    if rec.get("encoder_sha256") is not None:  # caches since 2026-12-06: the encoder graph's own hash
+        if rec["encoder_sha256"] != encoder_sha256(bundle):
+            raise MapCacheError(f"map cache {where} was built with another encoder_tile graph than bundle "
+                                f"{bundle.root} holds (same id {bundle.bundle_id}: re-exported?); rebuild the cache "
+                                "with edge-maps build")
+        return
     manifest_sha = rec.get("manifest_sha256")
     bundle_manifest = Path(bundle.root) / "manifest.json"
     if manifest_sha and bundle_manifest.is_file() and sha256_file(bundle_manifest) != manifest_sha:

@@ -47,7 +47,7 @@ class LocateResult:
         map_xy: ``(x, y)`` of that point in the map's CRS; crs: the map CRS (``EPSG:xxxx`` or WKT).
         footprint_px: ``(4, 2)`` the frame corners (0,0),(w,0),(w,h),(0,h) in the map's pixel grid.
         footprint_lonlat: ``(4, 2)`` the same corners as WGS84 ``[lon, lat]``.
-        heading_deg: direction of the image top, degrees clockwise from grid north of the map.
+        heading_deg: direction of the image top, degrees clockwise from true north (geodesic, whatever the map's CRS).
         altitude_agl_m: altitude above ground estimated from the scale (or the 6-DoF pose when calibrated).
         attitude_deg: ``(roll, pitch, yaw)``: a calibrated 6-DoF pose's, or the attitude prior's roll and pitch with the
             fitted heading when the camera position came from them.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_SIZES = (512, 1024)  # query, tile: for checkpoints that do not record their training sizes
 
@@ -62,7 +64,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"bundle written: {out}")
+    missing = engines_missing(out)
+    if missing and not args.no_engines:
+        print(f"edge-export: warning: no TensorRT engine for {', '.join(missing)} (see engines_status in "
+              f"{out / 'manifest.json'}): {missing_reason(out)}", file=sys.stderr)
     return 0
+
+
+def _engines_status(bundle: Path) -> dict[str, Any]:
+    manifest = json.loads((Path(bundle) / "manifest.json").read_text())
+    status = manifest.get("engines_status") or {}
+    return status if isinstance(status, dict) else {}
+
+
+def engines_missing(bundle: Path) -> list[str]:
+    """Graphs of a written bundle without a TensorRT engine, from its ``engines_status`` (all graphs when none was
+    built)."""
+    status = _engines_status(bundle)
+    graphs = status.get("graphs")
+    if isinstance(graphs, dict):
+        return [g for g, st in graphs.items() if not (isinstance(st, dict) and st.get("built"))]
+    return [] if status.get("built") else ["all graphs"]
+
+
+def missing_reason(bundle: Path) -> str:
+    """``engines_status.reason`` of a written bundle."""
+    return str(_engines_status(bundle).get("reason") or "unknown")
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from edge_runtime.map_cache import (
     RasterSource,
     TileGrid,
     compute_read_spec,
+    encoder_sha256,
     ground_sample_distance,
     open_raster,
 )
@@ -310,8 +311,38 @@ def encoder_spec(bundle: Bundle, tile_size: int | None = None) -> EncoderSpec:
     return EncoderSpec(tile_size=tile, cell=cell, cells=cells, coarse_dim=int(coarse.shape[2]))
 
 
+#: largest departure from square ground pixels (aspect or skew) a map may have: the locator brings a frame to the
+#: map's GSD with one scale in every direction
+MAX_PIXEL_DISTORTION = 0.03
+
+
+def check_square_ground_pixels(path: Path, georef: MapGeoref) -> None:
+    """Refuse a map whose pixels are far from square on the ground (e.g. a lon/lat GeoTIFF away from the equator:
+    a degree of longitude is cos(latitude) of a degree of latitude), naming the reprojection that fixes it."""
+    jac = georef.metres_per_pixel(((georef.width - 1) / 2.0, (georef.height - 1) / 2.0))
+    sx, sy = (float(np.linalg.norm(jac[:, k])) for k in (0, 1))
+    skew = abs(float(jac[:, 0] @ jac[:, 1])) / (sx * sy)
+    if abs(sx / sy - 1.0) <= MAX_PIXEL_DISTORTION and skew <= MAX_PIXEL_DISTORTION:
+        return
+    lon, lat = georef.pixels_to_lonlat(np.array([[(georef.width - 1) / 2.0, (georef.height - 1) / 2.0]]))[0]
+    zone = int((lon + 180.0) // 6.0) % 60 + 1
+    utm = f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+    raise MapsError(f"map {path}: its pixels are {sx:.3f} x {sy:.3f} m on the ground (skew {skew:.2f}), not square; "
+                    f"the locator matches frames at one scale in every direction. Reproject it to a conformal "
+                    f"projected CRS first, e.g. gdalwarp -t_srs {utm} -r bilinear {path.name} {path.stem}_utm.tif "
+                    f"(UTM zone {zone} {'north' if lat >= 0 else 'south'})")
+
+
 def _georef(path: Path, ds: Any, config: BuildConfig) -> MapGeoref:
-    """The map's georeference: the file's own, or ``--bounds`` / ``--gsd`` for an image without a CRS."""
+    """The map's georeference: the file's own, or ``--bounds`` / ``--gsd`` for an image without a CRS; maps with a CRS
+    must have square ground pixels (:func:`check_square_ground_pixels`)."""
+    georef = _georef_as_given(path, ds, config)
+    if georef.crs_wkt is not None:
+        check_square_ground_pixels(path, georef)
+    return georef
+
+
+def _georef_as_given(path: Path, ds: Any, config: BuildConfig) -> MapGeoref:
     width, height = int(ds.width), int(ds.height)
     if ds.crs is not None:
         wkt = ds.crs.to_wkt()
@@ -374,13 +405,15 @@ def plan_maps(paths: Sequence[str | os.PathLike[str]], config: BuildConfig, enco
     """Plan every map; ids must be unique and ``--bounds`` can place only one image.
 
     Raises:
-        MapsError: no maps, duplicate ids, or any map that :func:`plan_map` rejects.
+        MapsError: no maps, duplicate ids, an id with the levels' "@", or any map that :func:`plan_map` rejects.
     """
     if not paths:
         raise MapsError("no maps given (--map PATH, repeatable)")
     ids: dict[str, Path] = {}
     for p in paths:
         stem = Path(p).stem
+        if "@" in stem:  # reserved: overview and zoom-in levels are "<id>@2x", "<id>@zoom2"
+            raise MapsError(f"map {p}: '@' in a map id (the file stem {stem!r}) is reserved for its levels; rename it")
         if stem in ids:
             raise MapsError(f"maps {ids[stem]} and {p} have the same id {stem!r} (the file stem); rename one")
         ids[stem] = Path(p)
@@ -412,6 +445,8 @@ def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, pla
         "bundle": {
             "bundle_id": bundle.bundle_id,
             "manifest_sha256": sha256_file(Path(bundle.root) / "manifest.json"),
+            "encoder_sha256": encoder_sha256(bundle),
+            "encoder_backend": f"{config.backend}:{config.device}",  # a resumed build keeps one engine's features
             "precision": bundle.precision,
             "tile_size": encoder.tile_size,
             "coarse_stride": encoder.cell,

@@ -187,6 +187,36 @@ def test_jpeg_errors_name_the_file(tmp_path):
         camera_from_metadata(type(meta)(**{**meta.__dict__, "orientation": 6}), use_35mm_equivalent=True)
 
 
+def test_a_non_finite_xmp_value_is_an_error_naming_the_tag(tmp_path):
+    """A NaN gimbal yaw would blank the query canvas and switch the heading check off (nan > limit is False)."""
+    frame = Path(__file__).resolve().parents[1] / "demo_data" / "brighton" / "frames" / "DJI_0033.JPG"
+    data = frame.read_bytes()
+    assert data.count(b'GimbalYawDegree="+42.90"') == 1
+    for bad in (b"   nan", b"  +inf"):  # same length: the XMP segment's size field stays right
+        broken = tmp_path / f"yaw_{bad.strip().decode()}.jpg"
+        broken.write_bytes(data.replace(b'GimbalYawDegree="+42.90"', b'GimbalYawDegree="' + bad + b'"'))
+        with pytest.raises(ValueError, match=r"GimbalYawDegree is not a finite number"):
+            read_metadata(broken)
+    assert read_metadata(frame).gimbal_yaw_deg == pytest.approx(42.9)
+
+
+def test_capture_time_keeps_its_fraction_of_a_second(tmp_path):
+    """Whole EXIF seconds would date a fix up to 1 s early (5 m at 10 m/s for an autopilot that fuses it)."""
+    from PIL import Image
+
+    path = tmp_path / "subsec.jpg"
+    image = Image.new("RGB", (16, 16))
+    exif = image.getexif()
+    sub = exif.get_ifd(0x8769)
+    sub[36867] = "2016:06:23 16:31:59"  # DateTimeOriginal
+    sub[37521] = "25"  # SubSecTimeOriginal: 0.25 s
+    image.save(path, exif=exif)
+    assert read_metadata(path).capture_time == datetime(2016, 6, 23, 16, 31, 59, 250000)
+    sub[37521] = "n/a"
+    image.save(path, exif=exif)
+    assert read_metadata(path).capture_time == datetime(2016, 6, 23, 16, 31, 59)
+
+
 def test_transplant_keeps_metadata_segments_byte_for_byte():
     src = PIGEON.read_bytes()
     ok, buf = cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))

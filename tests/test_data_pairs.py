@@ -356,3 +356,31 @@ def test_worker_processes_reproduce_the_parent_samples(sjer_root):
         np.testing.assert_array_equal(q, expected[i])
     np.testing.assert_array_equal(spawned[0], expected[3])
     np.testing.assert_array_equal(ds[2].query, expected[2])  # the parent's handles still work afterwards
+
+
+def test_folder_of_dated_subfolders_with_one_file_name(naip_crops, tmp_path):
+    """The common layout ``2019/area.tif 2020/area.tif``: the dates are the folder names, not the (equal) stems."""
+    root = tmp_path / "maps"
+    for year, crop in (("2019", naip_crops[0]), ("2020", naip_crops[1])):
+        with rasterio.open(crop) as src:
+            profile = src.profile
+            window = Window(0, 0, 192, 192)
+            data = src.read(window=window)
+            profile.update(width=192, height=192, transform=src.window_transform(window))
+        (root / year).mkdir(parents=True)
+        with rasterio.open(root / year / "area.tif", "w", **profile) as dst:
+            dst.write(data)
+    (root / "other" / "2019").mkdir(parents=True)
+    shutil.copy(root / "2019" / "area.tif", root / "other" / "2019" / "area.tif")
+    split = tmp_path / "train.txt"
+    split.write_text("area: 2019/area.tif 2020/area.tif\nboth: 2019/area.tif other/2019/area.tif\n")
+    area, both = folder_sources(root, split)
+    assert area.dates == ("2019", "2020") and area.pairs() == (("2019", "2020"), ("2020", "2019"))
+    assert area.raster_path("2020") == root / "2020" / "area.tif"
+    assert both.dates == ("2019/area", "other/2019/area")  # folder names collide too: relative paths
+    syn = dataclasses.replace(CLEAN, query_size=64, side_range=(48.0, 96.0), side_fraction_range=None)
+    ds = PairDataset([area], PairConfig(synthesis=syn, ref_size=128, negative_prob=0.0), seed=0, length=2)
+    assert {ds[0].query_date, ds[0].ref_date} == {"2019", "2020"}
+    split.write_text("twice: 2019/area.tif 2019/area.tif\n")
+    with pytest.raises(ValueError, match="listed twice"):
+        folder_sources(root, split)

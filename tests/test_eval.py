@@ -51,3 +51,22 @@ def test_eval_fits_the_footprint_as_the_vehicle_does() -> None:
     from edge_runtime.locator import LocatorConfig
 
     assert EvalConfig().geometry == LocatorConfig().geometry == "auto"
+
+
+def test_recall_at_k_against_one_map_is_recall_at_one() -> None:
+    """With a one-map gallery the map is always "in the top 3"; R@3 must not count queries whose footprint missed."""
+    from topicgeo.eval.evaluate import QueryOutcome, summarize
+
+    def outcome(i: int, correct: bool, ranking: list[str], true_map: str = "a", size: int = 1) -> QueryOutcome:
+        fields = (f"q{i}", true_map, ranking, ranking[0] if ranking else None, None, correct,
+                  0.5 if correct else 0.0, 10, 0.1, None)
+        return QueryOutcome(*fields, size) if size else QueryOutcome(*fields)  # 0: size not recorded
+
+    unrecorded = [outcome(0, True, ["a"], size=0), outcome(1, False, ["a"], size=0),
+                  outcome(2, False, ["a"], size=0), outcome(3, False, [], size=0)]
+    assert summarize(unrecorded)["R@1"] == summarize(unrecorded)["R@3"] == 25.0
+    one = [outcome(0, True, ["a"]), outcome(1, False, ["a"]), outcome(2, False, ["a"]), outcome(3, False, [])]
+    assert summarize(one)["R@1"] == summarize(one)["R@3"] == 25.0
+    several = [outcome(0, True, ["a", "b"], size=3), outcome(1, False, ["b", "c", "a"], size=3),
+               outcome(2, False, ["b", "c", "d", "a"], size=5), outcome(3, False, [], size=3)]
+    assert (summarize(several)["R@1"], summarize(several)["R@3"]) == (25.0, 50.0)  # ranking matters there

@@ -293,6 +293,7 @@ def test_locator_rejects_non_images(tiny_bundle: Path, sjer_cache: Path) -> None
 
 def test_calibrated_pose_path_recovers_a_known_camera(data_dir: Path) -> None:
     """The locator's 6-DoF step (calibration.geometry, IPPE on map inliers) recovers a known camera pose."""
+    import pyproj
     import rasterio
 
     from calibration.camera_info import CameraInfo
@@ -315,11 +316,129 @@ def test_calibrated_pose_path_recovers_a_known_camera(data_dir: Path) -> None:
         def __init__(self, g: MapGeoref) -> None:
             self.georef = g
 
-    pose = Locator._camera_pose(image[inside], ground_px[inside], Entry(georef), camera)
-    assert pose is not None
-    assert np.linalg.norm(pose.position - truth.position) < 0.01
-    assert abs(pose.altitude_agl_m - 40.0) < 0.01
-    assert np.allclose(pose.pose.ypr_deg, truth.ypr_deg, atol=0.1)
+    found = Locator._camera_pose(image[inside], ground_px[inside], Entry(georef), camera)
+    assert found is not None
+    pose, camera_px = found
+    assert np.linalg.norm(georef.pixels_to_world(camera_px[None])[0] - truth.position[:2]) < 0.01
+    # solved in metres on the ground and headings from true north: UTM's point scale and meridian convergence there
+    lon, lat = georef.pixels_to_lonlat(np.array([[200.0, 200.0]]))[0]
+    factors = pyproj.Proj(georef.crs_wkt).get_factors(lon, lat)
+    assert abs(pose.altitude_agl_m - 40.0 / factors.meridional_scale) < 0.002
+    expected = (37.0 + factors.meridian_convergence, 4.0, -2.0)  # about -1.65 deg at SJER (UTM 11N, 2.7 deg west)
+    assert np.allclose(pose.pose.ypr_deg, expected, atol=0.02)
+
+
+@pytest.mark.parametrize("crs, origin, step", [
+    ("EPSG:4326", (-91.99, 46.84), (2e-6, 2e-6)),  # lon/lat degrees: a pixel is 0.15 x 0.22 m at Brighton Beach
+    ("EPSG:3857", (-10240700.0, 5915000.0), (0.3, 0.3)),  # Web Mercator metres: 0.2 m on the ground there
+])
+def test_a_fix_on_a_map_in_degrees_or_web_mercator_puts_the_camera_metres_not_grid_units_away(
+        tiny_bundle: Path, sjer_cache: Path, crs: str, origin: tuple[float, float],
+        step: tuple[float, float]) -> None:
+    """The pose step works in metres on the ground whatever the map's CRS: the camera's offset from the ground point
+    under its principal point (gimbal 1 degree off nadir at 40 m: 0.70 m) lands 0.70 m away on the ground along the
+    fit's true heading, which is the geodesic bearing of the frame's top. Before, metres were added to degrees
+    (a camera kilometres away) and headings ignored cos(latitude)."""
+    from dataclasses import dataclass, field
+
+    from pyproj import CRS, Geod
+
+    from calibration.camera_info import CameraInfo
+    from edge_runtime.map_cache import MapGeoref
+    from edge_runtime.numerics.geometry import project_points
+
+    georef = MapGeoref(2000, 2000, (step[0], 0.0, origin[0], 0.0, -step[1], origin[1]), CRS(crs).to_wkt(),
+                       CRS(crs).to_epsg(), 0.2)
+
+    @dataclass
+    class Entry:  # what _pose reads from a CachedMap
+        georef: MapGeoref
+        base_id: str = "elsewhere"
+        map_id: str = "elsewhere"
+        scale: float = 1.0
+        to_base_px: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig())
+    angle = np.radians(30.0)  # frame px -> map px: turned 30 degrees, 0.8 map px per frame px
+    H = np.array([[0.8 * np.cos(angle), -0.8 * np.sin(angle), 900.0],
+                  [0.8 * np.sin(angle), 0.8 * np.cos(angle), 1000.0], [0.0, 0.0, 1.0]])
+    in_f = np.array([[10.0, 10.0], [390.0, 20.0], [380.0, 290.0], [20.0, 280.0], [200.0, 150.0]])
+    camera = CameraInfo(400, 300, np.array([[300.0, 0, 199.5], [0, 300.0, 149.5], [0, 0, 1]]), np.zeros(5))
+    result = loc._pose(np.zeros((300, 400, 3), np.uint8), H, in_f, project_points(H, in_f), Entry(georef),
+                       {"score": 0.5}, Priors(roll_deg=0.0, pitch_deg=1.0), camera, None, {}, {})
+    assert result.ok, result.reason
+    geod = Geod(ellps="WGS84")
+    ends = georef.pixels_to_lonlat(project_points(H, np.array([[199.5, 149.5], [199.5, 148.5]])))
+    bearing = geod.inv(ends[0, 0], ends[0, 1], ends[1, 0], ends[1, 1])[0] % 360.0
+    assert result.heading_deg == pytest.approx(bearing, abs=0.01)
+    p = project_points(H, np.array([[199.5, 149.5]]))[0]
+    steps = georef.pixels_to_lonlat(p + np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    dx, dy = (geod.inv(*steps[0], *steps[k])[2] for k in (1, 2))
+    assert result.altitude_agl_m == pytest.approx(0.8 * np.sqrt(dx * dy) * 300.0, rel=1e-3)  # 0.8 map px per frame px
+    azimuth, _, offset = geod.inv(*ends[0], result.lon, result.lat)  # principal point = frame centre here
+    assert offset == pytest.approx(result.altitude_agl_m * np.tan(np.radians(1.0)), rel=1e-3)
+    assert abs((azimuth - bearing + 180.0) % 360.0 - 180.0) == pytest.approx(180.0, abs=0.05)  # tilted forward
+
+
+def test_edge_locate_reads_the_stored_pixels_whatever_the_exif_orientation(tmp_path: Path) -> None:
+    """The EXIF/XMP priors (gimbal yaw, intrinsics) describe the stored pixels, and the service decodes those: an
+    Orientation tag (6 = display turned 90 degrees) must not make edge-locate turn the frame under its priors."""
+    import struct
+
+    from edge_runtime.locate_cli import read_frame
+
+    src = Path(__file__).resolve().parents[1] / "demo_data" / "brighton" / "frames" / "DJI_0033.JPG"
+    data = bytearray(src.read_bytes())
+    tiff = 12  # APP1 "Exif\0\0" header, then the TIFF header
+    endian = "<" if data[tiff:tiff + 2] == b"II" else ">"
+    ifd = tiff + struct.unpack(endian + "I", data[tiff + 4:tiff + 8])[0]
+    entries = struct.unpack(endian + "H", data[ifd:ifd + 2])[0]
+    tagged = False
+    for k in range(entries):
+        at = ifd + 2 + 12 * k
+        if struct.unpack(endian + "H", data[at:at + 2])[0] == 0x0112:  # Orientation, SHORT
+            data[at + 8:at + 10] = struct.pack(endian + "H", 6)
+            tagged = True
+    assert tagged
+    turned = tmp_path / "DJI_0033_orientation6.jpg"
+    turned.write_bytes(bytes(data))
+    stored = read_frame(src)
+    assert cv2.imread(str(turned)).shape[:2] == (stored.shape[1], stored.shape[0])  # OpenCV alone turns it
+    np.testing.assert_array_equal(read_frame(turned), stored)
+
+
+def test_the_locator_rectifies_a_distorted_frame_to_square_pixels() -> None:
+    """``getOptimalNewCameraMatrix`` gives the rectified image fx' != fy' (0.951 for OpenCV's sample lens, what
+    ``edge-calibrate`` writes as P); the matcher fits one scale, so the locator rectifies to a square-pixel pinhole at
+    P's principal point: a square on the ground stays a square. A fisheye (equidistant) camera is rectified even with
+    all coefficients 0, since f-theta is not a pinhole."""
+    from calibration.camera_info import CameraInfo
+    from calibration.geometry import undistort_image, undistortion_maps
+    from edge_runtime.locator import frame_camera, needs_undistortion, rectified_for_matching
+
+    w, h = 640, 480
+    K = np.array([[500.0, 0.0, 319.5], [0.0, 500.0, 239.5], [0.0, 0.0, 1.0]])
+    D = np.array([-0.28, 0.07, 0.0, 0.0, 0.0])
+    ideal = np.zeros((h, w), np.uint8)
+    ideal[180:300, 260:380] = 255  # a 120 x 120 px square seen by the distortion-free K
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)), -1).reshape(-1, 2)
+    seen = cv2.undistortPoints(grid[:, None], K, D, P=K).reshape(h, w, 2).astype(np.float32)
+    raw = cv2.remap(ideal, seen[..., 0], seen[..., 1], cv2.INTER_LINEAR)  # what the lens records
+    P = np.array([[476.0, 0.0, 318.0, 0.0], [0.0, 500.6, 240.0, 0.0], [0.0, 0.0, 1.0, 0.0]])  # fx' / fy' = 0.951
+    camera = CameraInfo(w, h, K, D, "plumb_bob", None, P, "sample")
+
+    def aspect(image: np.ndarray) -> float:
+        ys, xs = np.nonzero(image > 127)
+        return float(np.ptp(xs) + 1) / float(np.ptp(ys) + 1)
+
+    assert aspect(undistort_image(raw, camera)) == pytest.approx(0.951, abs=0.015)  # P as written: squashed
+    assert aspect(undistort_image(raw, rectified_for_matching(camera))) == pytest.approx(1.0, abs=0.015)
+    pinhole = frame_camera(camera)
+    assert pinhole.fx == pinhole.fy == pytest.approx(np.sqrt(476.0 * 500.6))
+    assert (pinhole.cx, pinhole.cy) == (318.0, 240.0) and not np.any(pinhole.D)
+    fisheye = CameraInfo(w, h, K, np.zeros(4), "equidistant")
+    assert needs_undistortion(fisheye) and not needs_undistortion(CameraInfo(w, h, K, np.zeros(5)))
+    assert undistortion_maps(rectified_for_matching(fisheye)).map1.shape[:2] == (h, w)
 
 
 def test_unique_map_cells_keep_one_feature_per_map_cell_from_the_most_central_tile() -> None:

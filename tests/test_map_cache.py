@@ -6,6 +6,7 @@ Rasters: Brighton Beach 0.10 m with alpha (EPSG:32615), SJER 0.10 m (EPSG:32611)
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyproj
 import pytest
 import rasterio
 from rasterio.transform import xy as rio_xy
@@ -44,6 +46,53 @@ def _probe_points(width: int, height: int) -> np.ndarray:
     return np.concatenate([np.array(fixed, dtype=np.float64), rng.uniform(-10, [width + 10, height + 10], (20, 2))])
 
 
+def test_a_source_raster_of_the_wrong_size_fails_every_read_not_only_the_first(tmp_path: Path) -> None:
+    """A map file swapped for one of another size (same byte count: a transposed uncompressed raster) is refused on
+    every read: the service carries on after the first error, so a second read must not use the wrong pixels."""
+    from rasterio.transform import from_origin
+
+    from edge_runtime.map_cache import CachedMap, MapGeoref, RasterReadSpec, TileGrid
+
+    path = tmp_path / "plot.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=128, count=3, dtype="uint8", crs="EPSG:32615",
+                       transform=from_origin(500000, 4000000, 0.5, 0.5)) as ds:
+        ds.write(np.full((3, 128, 64), 100, np.uint8))
+    georef = MapGeoref(128, 64, (0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0), None, None, 0.5, "gsd")  # built 128 x 64
+    entry = CachedMap("plot", {"path": str(path), "name": path.name, "size": path.stat().st_size, "sha256": "-"},
+                      georef, RasterReadSpec(bands=(1, 2, 3)), TileGrid(128, 128, 64, 1, 1), None, None,
+                      np.zeros((1, 2), np.int64), {})
+    for _ in range(2):
+        with pytest.raises(MapCacheError, match=r"is 64x128, the cache says 128x64"):
+            entry.read_roi(0, 0, 128, 64)
+
+
+def test_gsd_is_metres_on_the_ground_also_in_web_mercator_and_degrees() -> None:
+    """A Web Mercator grid metre is cos(latitude) metres on the ground (0.63 m at 50.8 degrees, Brighton UK); a degree
+    of longitude shrinks with cos(latitude) too. The GSD is the ground's, from pyproj's point scale (independent of
+    the geodesics the cache computes), and the local metric's columns point east and north."""
+    from pyproj import CRS
+
+    from edge_runtime.map_cache import ground_sample_distance, metres_per_pixel
+
+    lon, lat = -0.14, 50.83
+    x, y = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True).transform(lon, lat)
+    transform = (0.3, 0.0, x - 150.0, 0.0, -0.3, y + 150.0)  # 1000 x 1000 px of 0.3 grid m centred there
+    wkt = CRS("EPSG:3857").to_wkt()
+    # Web Mercator projects latitudes with the sphere's formula (dy = a sec(lat) dlat, dx = a dlon) while the ground is
+    # the WGS84 ellipsoid: east-west metres are N cos(lat) dlon, north-south M dlat (N, M: its radii of curvature)
+    e2 = 0.00669437999014  # WGS84 first eccentricity squared
+    w = 1.0 - e2 * math.sin(math.radians(lat)) ** 2
+    east = 0.3 * math.cos(math.radians(lat)) / math.sqrt(w)  # ground metres per 0.3 grid m eastwards
+    north = 0.3 * math.cos(math.radians(lat)) * (1.0 - e2) / w**1.5
+    assert ground_sample_distance(transform, wkt, 1000, 1000) == pytest.approx(math.sqrt(east * north), rel=1e-5)
+    assert math.sqrt(east * north) == pytest.approx(0.3 * math.cos(math.radians(lat)), rel=0.001)  # about 0.19 m
+    jac = metres_per_pixel(transform, wkt, (499.5, 499.5))
+    np.testing.assert_allclose(jac, [[east, 0.0], [0.0, -north]], rtol=1e-5, atol=1e-7)
+    degrees = (1e-5, 0.0, lon, 0.0, -1e-5, lat)  # 1e-5 degrees: 0.70 m east-west, 1.11 m north-south there
+    jac = metres_per_pixel(degrees, CRS("EPSG:4326").to_wkt(), (0.0, 0.0))
+    assert jac[0, 0] == pytest.approx(0.704, abs=0.002) and jac[1, 1] == pytest.approx(-1.113, abs=0.002)
+
+
 def test_pixel_world_lonlat_round_trips_in_three_crss(cache_dir, map_paths):
     cache = open_map_cache(cache_dir)
     epsgs = []
@@ -53,7 +102,10 @@ def test_pixel_world_lonlat_round_trips_in_three_crss(cache_dir, map_paths):
             crs, transform, res = ds.crs, ds.transform, ds.res
         epsgs.append(geo.epsg)
         assert geo.epsg == crs.to_epsg()
-        assert geo.gsd_m == pytest.approx(res[0], rel=1e-9)
+        centre = rio_xy(transform, (geo.height - 1) / 2.0, (geo.width - 1) / 2.0, offset="center")
+        lon, lat = warp_transform(crs, "EPSG:4326", [centre[0]], [centre[1]])
+        factors = pyproj.Proj(crs.to_wkt()).get_factors(lon[0], lat[0])  # the CRS's point scale there
+        assert geo.gsd_m == pytest.approx(res[0] / math.sqrt(factors.areal_scale), rel=1e-6)  # metres on the ground
         pts = _probe_points(geo.width, geo.height)
         world = geo.pixels_to_world(pts)
         # rasterio's own pixel-centre convention: xy(row, col, offset="center") is the centre of pixel (col, row)
@@ -155,6 +207,25 @@ def test_missing_or_damaged_cache_files(cache_dir, map_paths, tmp_path):
         open_map_cache(copy)
     with pytest.raises(MapCacheError, match="not a map cache"):
         open_map_cache(tmp_path)
+
+
+def test_a_cache_is_refused_by_a_bundle_whose_encoder_graph_changed_under_the_same_id(tiny_bundle, cache_dir):
+    """The bundle id names the checkpoint and export settings; a re-export (another exporter, another onnx) keeps
+    it but may change the encoder's bytes, so the cache records the encoder graph's sha256 and the vehicle refuses a
+    mismatch. A cache from before the record is checked by the id (and a logged manifest difference) only."""
+    from edge_runtime.map_cache import check_bundle, encoder_sha256, read_cache_manifest
+
+    bundle = open_bundle(tiny_bundle)
+    manifest = read_cache_manifest(cache_dir)
+    assert manifest["bundle"]["encoder_sha256"] == encoder_sha256(bundle) is not None
+    assert manifest["bundle"]["encoder_backend"] == "onnxruntime:cpu"
+    check_bundle(manifest, bundle)
+    changed = json.loads(json.dumps(manifest))
+    changed["bundle"]["encoder_sha256"] = "0" * 64
+    with pytest.raises(MapCacheError, match=r"another encoder_tile graph.*re-exported"):
+        check_bundle(changed, bundle)
+    del changed["bundle"]["encoder_sha256"]
+    check_bundle(changed, bundle)
 
 
 def test_source_raster_resolution_and_checks(tiny_bundle, map_paths, tmp_path):

@@ -251,6 +251,11 @@ def test_image_without_georeference_needs_gsd_or_bounds(tiny_bundle, map_paths, 
     with pytest.raises(MapsError, match=r"--gsd says 0\.1 m"):
         build_cache(tiny_bundle, [png], outdir / "both", BuildConfig(bounds=bounds, gsd=0.1, progress=False))
     assert not (outdir / "both").exists()
+    # the same square degrees at 46.8 N are 0.68 as wide as high on the ground: refused, naming the UTM reprojection
+    with pytest.raises(MapsError, match=r"not square.*gdalwarp -t_srs EPSG:32615"):
+        build_cache(tiny_bundle, [png], outdir / "squashed",
+                    BuildConfig(bounds=(-92.0, 46.8, -91.995, 46.805), progress=False))
+    assert not (outdir / "squashed").exists()
 
 
 def test_unreadable_or_missing_map_is_a_clear_error(tiny_bundle, map_paths, tmp_path):
@@ -291,6 +296,9 @@ def test_bundle_mismatch_and_other_input_errors(built, tiny_bundle, map_paths, d
     dup = [data_dir / "sjer" / "2017" / "SJER_002.tif", data_dir / "sjer" / "2018" / "SJER_002.tif"]
     with pytest.raises(MapsError, match="same id 'SJER_002'"):
         build_cache(tiny_bundle, dup, tmp_path / "d", BuildConfig(progress=False))
+    with pytest.raises(MapsError, match=r"'@' in a map id .*'SJER_002@2x'"):  # would collide with SJER_002's level
+        build_cache(tiny_bundle, [Path("elsewhere/SJER_002@2x.tif"), dup[0]], tmp_path / "d",
+                    BuildConfig(progress=False))
     with pytest.raises(MapsError, match="exists; choose another --out or pass --overwrite"):
         build_cache(tiny_bundle, map_paths[1:2], built[0], BuildConfig(progress=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -93,6 +93,10 @@ def test_defaults_and_relative_paths(tmp_path):
         ({"telemetry": {"altitude_agl_m": 40.0}}, "telemetry.altitude_agl_m", "only used with"),
         ({"health": {"source_timeout_s": -1.0}}, "health.source_timeout_s", "> 0"),
         ({"source": {"kind": "mqtt", "topic": "topicgeo/v1/uav01/pose"}}, "source.topic", "output topics"),
+        ({"source": {"kind": "mqtt", "topic": "uav01/in"}, "telemetry": {"kind": "mqtt", "topic": "uav01/in"}},
+         "telemetry.topic", "also the frame topic"),
+        ({"source": {"kind": "mqtt", "topic": "topicgeo/v1/uav01/telemetry"}, "telemetry": {"kind": "mqtt"}},
+         "telemetry.topic", "also the frame topic"),
         ({"bundle_dir": "${TOPICGEO_TEST_UNSET_VAR}/b"}, "bundle_dir", "TOPICGEO_TEST_UNSET_VAR is not set"),
     ],
 )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from datetime import datetime, timezone
@@ -24,7 +26,8 @@ from service_double import DoubleLocator, DoubleLocatorConfig, RecordingSubscrib
 
 from edge_runtime.service import payloads
 from edge_runtime.service.broker import LocalMosquitto, mosquitto_executable
-from edge_runtime.service.config import load_config
+from edge_runtime.service.config import MqttConfig, load_config
+from edge_runtime.service.mqtt import MqttLink
 from edge_runtime.service.sdnotify import Notifier
 from edge_runtime.service.service import Service
 
@@ -187,7 +190,7 @@ def test_mqtt_telemetry_and_capture_time_property(tmp_path, broker, validators):
     sub = RecordingSubscriber(broker.port, [POSE, STATUS])
     cam = publisher(broker.port)
     with running(config) as (service, _, _):
-        send(cam, TELEMETRY, json.dumps({"altitude_agl_m": 55.5, "yaw_deg": 10.0, "t": 1.7e9}).encode())
+        send(cam, TELEMETRY, json.dumps({"altitude_agl_m": 55.5, "yaw_deg": 10.0, "t": time.time()}).encode())
         send(cam, FRAME, frame, t_capture="1700000000.25")
         assert sub.wait_for(lambda s: len(s.json(POSE)) == 1, 5)
         pose = sub.json(POSE)[0]
@@ -209,6 +212,73 @@ def test_mqtt_telemetry_and_capture_time_property(tmp_path, broker, validators):
         assert any("no telemetry sample newer than 0.5 s" in m["message"] for m in events(sub, "telemetry_error"))
     cam.loop_stop()
     sub.close()
+
+
+def test_retained_telemetry_is_not_used_as_priors(tmp_path, broker):
+    config = make_config(tmp_path, broker.port, source={"kind": "mqtt"},
+                         telemetry={"kind": "mqtt", "max_age_s": 5.0})
+    frame = (FRAMES / NAMES[2]).read_bytes()
+    sub = RecordingSubscriber(broker.port, [POSE, STATUS])
+    cam = publisher(broker.port)
+    stale = json.dumps({"altitude_agl_m": 99.0, "yaw_deg": 45.0}).encode()  # e.g. from hours before the reboot
+    cam.publish(TELEMETRY, stale, qos=1, retain=True).wait_for_publish(5)
+    with running(config) as (service, _, _):
+        deadline = time.monotonic() + 5  # the broker delivers the retained sample right after the subscription
+        while service.link.counters["received"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.link.counters["received"] == 1
+        send(cam, FRAME, frame)
+        assert sub.wait_for(lambda s: len(s.json(POSE)) == 1, 5)
+        assert sub.json(POSE)[0]["priors"] == {"source": "none"}
+        send(cam, TELEMETRY, json.dumps({"altitude_agl_m": 55.5, "t": time.time()}).encode())  # a live sample
+        send(cam, FRAME, frame)
+        assert sub.wait_for(lambda s: len(s.json(POSE)) == 2, 5)
+        assert sub.json(POSE)[1]["priors"] == {"source": "mqtt", "altitude_agl_m": 55.5}
+    cam.loop_stop()
+    sub.close()
+
+
+def test_birth_after_a_half_open_link_and_expired_qos1_poses_are_not_resent(tmp_path, broker):
+    config = MqttConfig(port=broker.port, outbox_max=3, reconnect_min_s=0.2, reconnect_max_s=0.5)
+    births: list[float] = []
+
+    def birth() -> bytes:
+        births.append(time.time())
+        return json.dumps({"event": "birth", "n": len(births)}).encode()
+
+    link = MqttLink(config, "half-open", STATUS, b'{"event": "will"}', birth)
+    link.start()
+    try:
+        assert link.wait_connected(5)
+        first = RecordingSubscriber(broker.port, [STATUS], client_id="first")
+        assert first.wait_for(lambda s: s.json(STATUS) == [{"event": "birth", "n": 1}], 5)
+        first.close()
+        time.sleep(0.2)  # the birth's PUBACK is back: paho's queue is empty
+        os.kill(broker.process.pid, signal.SIGSTOP)  # hung broker: TCP stays open, no PUBACK ever comes
+        assert link.publish(POSE, b'{"seq": 1}', qos=1, expiry_s=1)
+        for i in range(2):
+            assert link.publish(STATUS, json.dumps({"event": "no_fix", "i": i}).encode(), qos=1)
+        assert not link.publish(STATUS, b'{"event": "no_fix", "i": 2}', qos=1)  # outbox_max unacknowledged
+        assert link.counters["queue_full"] == 1
+        time.sleep(1.2)  # the pose expires while the link hangs
+        os.kill(broker.process.pid, signal.SIGKILL)
+        broker.process.wait(5)
+        broker.process = None
+        broker.start()
+        deadline = time.monotonic() + 10
+        while link.counters["connects"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.counters["connects"] == 2 and len(births) == 2
+        late = RecordingSubscriber(broker.port, [STATUS], client_id="late")
+        assert late.wait_for(lambda s: s.messages, 5), "no retained birth after the reconnect"
+        assert late.messages[0].retain and late.json(STATUS)[0] == {"event": "birth", "n": 2}
+        late.close()
+        assert link.counters["birth_failed"] == 0
+        assert link.counters["outbox_expired"] == 1 and link.undelivered == {POSE: 1, STATUS: 1}
+    finally:
+        if broker.process is not None:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        link.stop(None)
 
 
 def test_broker_restart_mid_run_publishing_resumes(tmp_path, broker):

@@ -7,7 +7,13 @@ import socket
 
 import pytest
 
-from edge_runtime.service.sdnotify import Notifier, NotifyError, notify_address, watchdog_interval_s
+from edge_runtime.service.sdnotify import (
+    MAX_VALUE_BYTES,
+    Notifier,
+    NotifyError,
+    notify_address,
+    watchdog_interval_s,
+)
 
 
 def bound_socket(address: str) -> socket.socket:
@@ -54,11 +60,27 @@ def test_environment_variable_is_used_and_unset_is_a_noop(tmp_path, monkeypatch)
         assert server.recv(4096) == b"WATCHDOG=1\n"
 
 
-def test_bad_values_are_refused():
+def test_bad_addresses_and_field_names_are_refused():
     with pytest.raises(NotifyError, match="neither an absolute path"):
         notify_address("relative/notify.sock")
-    with pytest.raises(ValueError, match="one line"):
-        Notifier("/nonexistent/notify.sock").send(STATUS="two\nlines")
+    for name in ("STATUS\nREADY", "A=B", ""):
+        with pytest.raises(ValueError, match="field name"):
+            Notifier("/nonexistent/notify.sock").send(**{name: "x"})
+
+
+def test_values_are_sent_as_one_line_of_bounded_length(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    with bound_socket(path) as server:
+        notifier = Notifier(path)
+        assert notifier.status("OpenCV(4.9) error: (-215)\n in function 'warp'\n")  # cv2.error texts end in \n
+        assert server.recv(4096) == b"STATUS=OpenCV(4.9) error: (-215) in function 'warp'\n"
+        assert notifier.stopping("a\r\nb\x00c\td")
+        assert server.recv(4096) == b"STOPPING=1\nSTATUS=a b c d\n"
+        assert notifier.status("\u00e9" * 5000)  # 10000 UTF-8 bytes
+        data = server.recv(65536)
+        assert data.startswith(b"STATUS=\xc3\xa9") and data.endswith(b"...\n") and data.count(b"\n") == 1
+        assert len(data) <= len(b"STATUS=\n") + MAX_VALUE_BYTES
+        data.decode("utf-8")  # not cut inside a character
 
 
 def test_send_to_a_missing_socket_fails_softly(tmp_path, caplog):

@@ -10,7 +10,7 @@ import torch
 
 from topicgeo.checkpoint import load_model
 from topicgeo.config import COARSE_STRIDE, get_preset
-from topicgeo.data.pairs import PairConfig, PairDataset, sjer_sources
+from topicgeo.data.pairs import PairConfig, PairDataset, TrainingPair, sjer_sources
 from topicgeo.data.synthesis import QuerySynthesisConfig
 from topicgeo.model import TopicGeo
 from topicgeo.train.labels import aca_coarse_labels
@@ -243,3 +243,231 @@ def test_weight_averaging_takes_the_mean_of_one_runs_snapshots(tmp_path: Path) -
     save_checkpoint(tmp_path / "other.pt", TopicGeo(other, prompts=prompts), {"step": 900})
     with pytest.raises(CheckpointError, match="only snapshots of one run"):
         average_payloads([a, read_checkpoint(tmp_path / "other.pt")])
+
+
+# --------------------------------------------------------------------------- review fixes (training / checkpoints)
+
+
+def test_subpixel_targets_beyond_the_window_centres_are_not_regressed() -> None:
+    """The prediction is a softmax mean of child centres in [-1, 1]: a target beyond +-1 cannot be reached."""
+    from topicgeo.train.step import subpixel_valid
+
+    target = torch.tensor([3, 3, 3, -1, 5, 7])
+    sub = torch.tensor([[0.2, -0.9], [1.0, -1.0], [1.2, 0.0], [0.0, 0.0], [0.0, -1.3], [float("nan"), 0.0]])
+    assert subpixel_valid(target, sub).tolist() == [True, True, False, False, False, False]
+
+
+def test_training_step_regresses_only_subpixel_targets_within_the_child_centres(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import topicgeo.train.step as step_module
+
+    seen: dict[str, torch.Tensor] = {}
+    original = step_module.subpixel_loss
+
+    def spy(mu: torch.Tensor, std: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        seen["target"], seen["valid"] = target.detach().clone(), valid.clone()
+        return original(mu, std, target, valid)
+
+    monkeypatch.setattr(step_module, "subpixel_loss", spy)
+    torch.manual_seed(0)
+    prompts = load_prompts_matrix(TOPICS)
+    model = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
+    data = _dataset(data_dir / "sjer", ["SJER_002", "SJER_009"], seed=3)
+    with torch.no_grad():
+        training_step(model, collate_pairs([data[0], data[1]]), LossConfig(), torch.Generator().manual_seed(0), 16, 64)
+    target, valid = seen["target"], seen["valid"]
+    assert valid.sum() > 0
+    assert target[valid].abs().max() <= 1.0
+    # the batch does hold labelled children whose true position lies between the outer centre and the window edge
+    outside = torch.isfinite(target).all(-1) & (target.abs() > 1.0).any(-1) & (target.abs() <= 4 / 3).all(-1)
+    assert outside.sum() > 0
+
+
+def _pair_with_negative(data_dir: Path, index: int) -> TrainingPair:
+    synth = QuerySynthesisConfig(query_size=256, side_fraction_range=(0.5, 0.9))
+    data = PairDataset(sjer_sources(data_dir / "sjer", ["SJER_002", "SJER_009"]),
+                       PairConfig(synthesis=synth, ref_size=448, pad_mode="ref_size", negative_prob=1.0),
+                       seed=5, length=8)
+    pair = data[index]
+    assert pair.negative is not None
+    return pair
+
+
+def test_a_batch_keeps_the_negative_of_one_pair_and_uses_it_in_the_loss(data_dir: Path) -> None:
+    import dataclasses
+
+    with_neg = _pair_with_negative(data_dir, 0)
+    without = dataclasses.replace(_pair_with_negative(data_dir, 1), negative=None, negative_valid=None,
+                                  negative_id=None)
+    batch = collate_pairs([with_neg, without])
+    assert batch["has_negative"].tolist() == [True, False]
+    assert batch["negative"].shape == batch["reference"].shape
+    assert torch.equal(batch["negative_valid"][0], torch.from_numpy(with_neg.negative_valid))
+    assert not batch["negative_valid"][1].any() and not batch["negative"][1].any()
+    assert "negative" not in collate_pairs([without, without])
+
+    torch.manual_seed(0)
+    prompts = load_prompts_matrix(TOPICS)
+    model = TopicGeo(get_preset("cpu").with_prompts(*prompts.shape), prompts=prompts)
+
+    loss_config = LossConfig(focal_gamma=0.0)  # untrained confidences are tiny: keep their focal term measurable
+
+    def coarse(b: dict[str, torch.Tensor]) -> float:
+        with torch.no_grad():
+            return float(training_step(model, b, loss_config, torch.Generator().manual_seed(0), 4, 4)["coarse"])
+
+    used = coarse(batch)
+    masked = coarse({**batch, "has_negative": torch.tensor([False, False])})
+    no_keys = coarse({k: v for k, v in batch.items() if not k.startswith(("negative", "has_negative"))})
+    assert masked == pytest.approx(no_keys, abs=1e-6)
+    assert used > masked + 1e-4  # the negative adds a focal term on its (all non-matching) coarse pairs
+    # the pair without a negative is ignored whatever its (zero) slot holds
+    noisy = {**batch, "negative": batch["negative"].clone(), "negative_valid": batch["negative_valid"].clone()}
+    noisy["negative"][1] = torch.rand_like(noisy["negative"][1])
+    noisy["negative_valid"][1] = True
+    assert coarse(noisy) == pytest.approx(used, abs=1e-6)
+
+
+class _StubPart:
+    def __init__(self, name: str, n: int) -> None:
+        self.name, self.n = name, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        assert 0 <= i < self.n
+        return self.name, i
+
+
+@pytest.mark.parametrize("lengths", [(6, 6, 6), (4, 4, 2), (5, 3, 7)])
+def test_the_weighted_mixture_draws_every_sample_of_every_part_in_proportion(lengths: tuple[int, int, int]) -> None:
+    from collections import Counter
+
+    from topicgeo.train.datasets import MixedPairs
+
+    names, weights = ("a", "b", "c"), (2, 2, 1)
+    parts = {n: _StubPart(n, k) for n, k in zip(names, lengths, strict=True)}
+    mix = MixedPairs(parts, dict(zip(names, weights, strict=True)))  # type: ignore[arg-type]
+    drawn = Counter(mix[i] for i in range(len(mix)))
+    for name, n in zip(names, lengths, strict=True):
+        counts = [drawn[(name, i)] for i in range(n)]
+        assert min(counts) >= 1, (name, counts)  # every sample reachable
+        assert max(counts) - min(counts) <= 1, (name, counts)  # and drawn equally often (up to one)
+    per_part = Counter(name for name, _ in drawn.elements())
+    assert len(mix) % sum(weights) == 0
+    for name, w in zip(names, weights, strict=True):
+        assert per_part[name] == len(mix) * w // sum(weights)  # the mixture proportions 2 : 2 : 1
+    # consecutive occurrences of a weight-2 part in one block draw different samples
+    assert mix[0] != mix[1] and mix[0][0] == mix[1][0] == "a"
+
+
+def test_checkpoints_are_flushed_to_disk_before_and_after_the_rename(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    from topicgeo.checkpoint import atomic_torch_save
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "run" / "last.pt"
+    atomic_torch_save({"step": 3, "w": torch.arange(4.0)}, path)
+    assert "replace" in events
+    cut = events.index("replace")
+    assert "fsync file" in events[:cut], events  # the new file's bytes are on disk before it replaces the old one
+    assert "fsync dir" in events[cut + 1:], events  # and the rename itself is flushed
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["step"] == 3 and torch.equal(loaded["w"], torch.arange(4.0))
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+class _IndexData:
+    """A stand-in training set: item ``i`` is ``i`` (collated by the stub below)."""
+
+    def __len__(self) -> int:
+        return 1000
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def _stub_training(monkeypatch: pytest.MonkeyPatch, crash_at: int | None = None) -> list[tuple[list[int], float]]:
+    """Replace the data and the loss of :func:`topicgeo.train.trainer.train` by cheap stubs that record, per step,
+    the drawn sample indices and one draw of the window sampler's generator."""
+    import topicgeo.train.datasets as datasets_module
+    import topicgeo.train.trainer as trainer_module
+
+    draws: list[tuple[list[int], float]] = []
+
+    def step(model: TopicGeo, batch: dict[str, torch.Tensor], loss_config: LossConfig, generator: torch.Generator,
+             coarse_samples: int, level2_samples: int) -> dict[str, torch.Tensor]:
+        if crash_at is not None and len(draws) == crash_at:
+            raise KeyboardInterrupt("stopped")
+        draws.append((batch["idx"].tolist(), float(torch.rand(1, generator=generator))))
+        total = sum((p.float() ** 2).mean() for p in model.parameters() if p.requires_grad) * 1e-3
+        zero = total.detach() * 0
+        return {"total": total, **dict.fromkeys(("coarse", "topic", "fine1", "fine2", "subpixel", "n_coarse_gt"), zero)}
+
+    monkeypatch.setattr(datasets_module, "build_training_dataset", lambda **_: _IndexData())
+    monkeypatch.setattr(trainer_module, "collate_pairs", lambda items: {"idx": torch.tensor(items)})
+    monkeypatch.setattr(trainer_module, "training_step", step)
+    return draws
+
+
+def _log_steps(path: Path) -> list[int]:
+    import csv
+
+    with path.open() as fh:
+        return [int(row["step"]) for row in csv.DictReader(fh)]
+
+
+def test_a_stopped_and_resumed_run_draws_the_samples_of_an_uninterrupted_one(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+    import logging
+
+    from topicgeo.checkpoint import atomic_torch_save, read_checkpoint
+    from topicgeo.train.trainer import TrainConfig, train
+
+    def config(out: Path, steps: int = 6) -> TrainConfig:
+        return TrainConfig(out_dir=str(out), steps=steps, batch_size=3, warmup_steps=2, milestones=(4,),
+                           checkpoint_every=2, log_every=1, seed=7)
+
+    straight = _stub_training(monkeypatch)
+    train(config(tmp_path / "straight"))
+    assert len(straight) == 6
+
+    first = _stub_training(monkeypatch, crash_at=3)  # killed during step 4: last.pt is at step 2, log.csv at 3
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path / "stopped"))
+    assert _log_steps(tmp_path / "stopped" / "log.csv") == [1, 2, 3]
+    second = _stub_training(monkeypatch)
+    train(config(tmp_path / "stopped"))
+    assert first[:2] + second == straight  # the same pairs and windows, step for step
+    assert _log_steps(tmp_path / "stopped" / "log.csv") == [1, 2, 3, 4, 5, 6]  # row 3 was dropped and rewritten
+    payload = read_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert payload["step"] == 6 and "grad_scaler" in payload and payload["sampling_state"]["world_size"] == 1
+
+    # A checkpoint written before the sampling state was stored still resumes, re-seeded, and says so.
+    old = read_checkpoint(tmp_path / "straight" / "last.pt")
+    del old["sampling_state"]
+    atomic_torch_save(old, tmp_path / "straight" / "last.pt")
+    later = _stub_training(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="topicgeo.train.trainer"):
+        train(dataclasses.replace(config(tmp_path / "straight"), steps=7))
+    assert len(later) == 1 and "re-seeded from step 6" in caplog.text
+    assert _log_steps(tmp_path / "straight" / "log.csv") == [1, 2, 3, 4, 5, 6, 7]

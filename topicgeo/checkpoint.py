@@ -1,19 +1,20 @@
 """Checkpoints that carry their config and the hash of the prompt embeddings they were trained with.
 
-Files are written atomically (temp file + rename) and read with ``torch.load(..., weights_only=True)``.
+Files are written atomically and durably (temp file, fsync, rename, fsync of the folder) and read with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from edge_runtime import atomic
 from topicgeo.config import TopicGeoConfig
 from topicgeo.model.topicgeo import TopicGeo
 
@@ -32,18 +33,18 @@ def prompt_hash(prompts: torch.Tensor) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file in the target folder, then ``os.replace``."""
+    """``torch.save`` ``obj`` to ``path`` so that a crash or power loss leaves the old file or the complete new one.
+
+    The payload is serialised in memory, written to a temp file in the target folder and fsynced before the rename
+    (:func:`edge_runtime.atomic.atomic_write_bytes`); the folder is fsynced after it, so the rename itself survives.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic.atomic_write_bytes(path, buffer.getvalue())
+    fsync_directory = getattr(atomic, "fsync_directory", None)
+    if fsync_directory is not None:
+        fsync_directory(path.parent)
 
 
 def save_checkpoint(path: Path, model: TopicGeo, extra: dict[str, Any] | None = None, half: bool = False) -> None:

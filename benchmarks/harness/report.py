@@ -110,6 +110,43 @@ def goal_check(suites: dict[str, Any], latency: dict[str, Any] | None, area_goal
     return out
 
 
+#: evaluation.md's targets: R@1 >= 90 and mean IoU >= 80 on both synthetic suites; every drone frame located with a
+#: median error <= 1.0 m; <= 0.5 s per frame (latency_ms.total per 512 px query on the NAIP map)
+TARGETS = {"r1_pct": 90.0, "miou_pct": 80.0, "located_pct": 100.0, "median_error_m": 1.0, "median_ms": 500.0}
+
+
+def target_check(suites: dict[str, Any], targets: dict[str, float] | None = None) -> dict[str, Any]:
+    """evaluation.md's targets per project method, read from the results: ``{method: {target: True / False /
+    None}}`` (None when the suite or the number is missing)."""
+    t = {**TARGETS, **(targets or {})}
+    out: dict[str, dict[str, bool | None]] = {}
+    own = sorted({m for res in suites.values() for m in res.get("methods", {}) if m.startswith(PROJECT_PREFIX)})
+
+    def summary(suite: str, method: str) -> dict[str, Any] | None:
+        return (suites.get(suite, {}).get("methods", {}).get(method) or {}).get("summary")
+
+    def at_least(value: Any, bound: float) -> bool | None:
+        return None if value is None else bool(value >= bound)
+
+    def at_most(value: Any, bound: float) -> bool | None:
+        return None if value is None else bool(value <= bound)
+
+    for m in own:
+        checks: dict[str, bool | None] = {}
+        for suite in ("sjer", "naip"):
+            s = summary(suite, m) or {}
+            checks[f"{suite}: R@1 >= {t['r1_pct']:g} %"] = at_least(s.get("R@1"), t["r1_pct"])
+            checks[f"{suite}: mIoU >= {t['miou_pct']:g} %"] = at_least(s.get("mIoU"), t["miou_pct"])
+        b = summary("brighton", m) or {}
+        checks["brighton: every frame located"] = at_least(b.get("located_pct"), t["located_pct"])
+        checks[f"brighton: median error <= {t['median_error_m']:g} m"] = at_most(b.get("median_error_m"),
+                                                                                t["median_error_m"])
+        n = summary("naip", m) or {}
+        checks[f"naip: median latency <= {t['median_ms']:g} ms"] = at_most(n.get("median_ms"), t["median_ms"])
+        out[m] = checks
+    return out
+
+
 def _fmt(v: Any, nd: int = 1) -> str:
     if v is None:
         return "n/a"
@@ -175,6 +212,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "Peak RSS (MiB) at each area: " + "; ".join(
             f"{a['km2']:.0f} km2: " + ", ".join(f"{k} {_fmt(v.get('peak_rss_mb'), 0)}" for k, v in a["methods"].items()
                                                 if v.get("peak_rss_mb") is not None) for a in lat["areas"]), ""]
+    targets = results.get("targets", {})
+    if targets:
+        lines += ["## Targets (evaluation.md)", ""]
+        for method, checks in targets.items():
+            for k, v in checks.items():
+                lines.append(f"- {method}: {k}: {'yes' if v else ('no' if v is False else 'n/a')}")
+        lines.append("")
     goals = results.get("goals", {})
     if goals:
         lines += ["## Goals (issue 8)", ""]

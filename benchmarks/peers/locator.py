@@ -269,16 +269,17 @@ def camera_position(H: np.ndarray, in_frame: np.ndarray, ground: np.ndarray, pix
     ``in_frame, ground (N, 2)`` over flat ground. ``H (3, 3)``: frame px -> map px; ``pixel_to_world``: the map's
     ``(3, 3)``.
     """
-    from edge_runtime.locator import local_scale, position_from_attitude_prior
+    from edge_runtime.locator import altitude_from_scale, local_scale, position_from_attitude_prior
 
     w, h = frame_size
     if priors is not None:
         gsd = math.sqrt(abs(np.linalg.det(pixel_to_world[:2, :2])))
-        altitude = local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0)) * gsd * math.sqrt(camera.fx * camera.fy)
-        en = position_from_attitude_prior(H, camera, lambda px: _apply(pixel_to_world, px), altitude,
+        altitude = altitude_from_scale(local_scale(H, ((w - 1) / 2.0, (h - 1) / 2.0)), gsd, camera)
+        # the peers' maps are in a metric CRS (UTM): the affine's linear part is their ground metric
+        px = position_from_attitude_prior(H, camera, pixel_to_world[:2, :2], altitude,
                                           _heading(H, w, h, pixel_to_world), priors)
-        if en is not None:
-            return np.array(en), "attitude prior, fitted heading and scale"
+        if px is not None:
+            return _apply(pixel_to_world, px[None])[0], "attitude prior, fitted heading and scale"
     return _pnp_position(in_frame, ground, camera), "6-DoF PnP pose"
 
 

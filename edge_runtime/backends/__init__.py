@@ -66,7 +66,9 @@ def _tensorrt_engine(bundle: Bundle, graph: str) -> tuple[str | None, str | None
 
     engines = bundle.engines(graph)
     if not engines:
-        why = bundle.manifest.get("engines_status", {}).get("reason", "the bundle has no engines")
+        status = bundle.manifest.get("engines_status") or {}
+        graph_status = (status.get("graphs") or {}).get(graph) or {}
+        why = graph_status.get("reason") or status.get("reason") or "the bundle has no engines"
         return None, f"no TensorRT engine for {graph!r} in the bundle ({why})"
     gpu = _gpu_name()
     for entry in engines:
@@ -91,6 +93,7 @@ def open_graph(bundle: Bundle, graph: str, choice: BackendChoice) -> BackendSele
     entry = bundle.graphs[graph]
     if choice.backend == "tensorrt":
         plan, reason = _tensorrt_engine(bundle, graph)
+        cause: Exception | None = None
         if plan is not None:
             from edge_runtime.backends.tensorrt_backend import TensorRTBackend
 
@@ -98,12 +101,20 @@ def open_graph(bundle: Bundle, graph: str, choice: BackendChoice) -> BackendSele
                 backend = TensorRTBackend(plan, entry.inputs, entry.outputs, bundle.precision)
                 return BackendSelection(backend, "tensorrt", False, None)
             except BackendError as exc:
-                reason = str(exc)
+                reason, cause = str(exc), exc
+            except Exception as exc:  # not wrapped by the backend: still a start-up failure, named with its type
+                logger.error("TensorRT start-up of %s failed unexpectedly", graph, exc_info=True)
+                reason, cause = f"TensorRT start-up failed: {type(exc).__name__}: {exc}", exc
         if not choice.allow_fallback:
-            raise BackendError(f"TensorRT requested for {graph!r} but unusable: {reason} (fallback not allowed)")
+            raise BackendError(
+                f"TensorRT requested for {graph!r} but unusable: {reason} (fallback not allowed)") from cause
         logger.warning("DEGRADED: %s: TensorRT unusable (%s); falling back to ONNX Runtime %s", graph, reason,
                        choice.device)
-        backend = _onnxruntime(bundle, graph, choice)
+        try:
+            backend = _onnxruntime(bundle, graph, choice)
+        except BackendError as exc:
+            raise BackendError(f"TensorRT unusable for {graph!r} ({reason}) and the ONNX Runtime {choice.device} "
+                               f"fallback failed too: {exc}") from exc
         return BackendSelection(backend, "tensorrt", True, reason)
     return BackendSelection(_onnxruntime(bundle, graph, choice), "onnxruntime", False, None)
 

@@ -53,7 +53,17 @@ class OnnxRuntimeBackend(InferenceBackend):
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for invalid graphs
             raise BackendError(f"ONNX Runtime cannot load {path}: {exc}") from exc
-        self.device = f"{device}:{self.session.get_providers()[0]}"
+        if hasattr(self.session, "disable_fallback"):
+            # a CUDA failure at run time must raise, not re-run on the CPU with only a printed notice
+            self.session.disable_fallback()
+        active = list(self.session.get_providers())
+        if device == "cuda" and (not active or active[0] != "CUDAExecutionProvider"):
+            # CUDA listed as available but its libraries (CUDA, cuDNN) failed to load: ORT drops to the CPU silently
+            raise BackendError(
+                f"ONNX Runtime could not start the CUDA provider for {Path(path).name} (the session runs on "
+                f"{active}; CUDA or cuDNN libraries missing or mismatched?)")
+        self.device = f"{device}:{active[0]}"
+        logger.info("ONNX Runtime session for %s on %s", Path(path).name, active)
         names = {i.name for i in self.session.get_inputs()}
         declared = {s.name for s in self.inputs}
         if names != declared:

@@ -94,14 +94,52 @@ class _CudaPythonBuffers:
 
 
 def _buffers() -> Any:
+    """Device buffers through pycuda, else cuda-python; BackendError when neither can create a CUDA context."""
     try:
         return _PyCudaBuffers()
     except ImportError:
         logger.info("pycuda is not installed; using cuda-python for TensorRT buffers")
+    except Exception as exc:  # pycuda.autoinit / driver errors (no device, driver mismatch, out of memory)
+        raise BackendError(f"pycuda cannot create a CUDA context and stream: {type(exc).__name__}: {exc}") from exc
     try:
         return _CudaPythonBuffers()
     except ImportError as exc:
         raise BackendError("TensorRT needs pycuda or cuda-python for device buffers; neither is installed") from exc
+    except BackendError:
+        raise
+    except Exception as exc:  # cuda-python errors other than the checked status codes
+        raise BackendError(f"cuda-python cannot create a CUDA stream: {type(exc).__name__}: {exc}") from exc
+
+
+def _engine_mismatches(trt: Any, engine: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> list[str]:
+    """How the engine's I/O tensors differ from the manifest's specs (names, direction, static shape, dtype)."""
+    if not hasattr(engine, "num_io_tensors"):
+        return ["the engine has no named I/O tensors (TensorRT >= 8.5 needed)"]
+    found = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        found[name] = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+    wanted = {s.name: True for s in inputs} | {s.name: False for s in outputs}
+    problems = []
+    if set(found) != set(wanted):
+        problems.append(f"I/O tensors {sorted(found)}, the manifest declares {sorted(wanted)}")
+    for spec in (*inputs, *outputs):
+        if spec.name not in found:
+            continue
+        if found[spec.name] != wanted[spec.name]:
+            problems.append(f"{spec.name!r} is an {'input' if found[spec.name] else 'output'} of the engine")
+        shape = tuple(int(d) for d in engine.get_tensor_shape(spec.name))
+        if shape != spec.shape:
+            problems.append(f"{spec.name!r} has shape {shape} in the engine, {spec.shape} in the manifest")
+        trt_dtype = engine.get_tensor_dtype(spec.name)
+        try:
+            dtype = np.dtype(trt.nptype(trt_dtype))
+        except TypeError:
+            problems.append(f"{spec.name!r} has TensorRT type {trt_dtype} without a numpy equivalent")
+            continue
+        if dtype != np.dtype(spec.dtype):
+            problems.append(f"{spec.name!r} is {dtype} in the engine, {spec.dtype} in the manifest")
+    return problems
 
 
 class TensorRTBackend(InferenceBackend):
@@ -121,21 +159,43 @@ class TensorRTBackend(InferenceBackend):
             raise BackendError(f"TensorRT engine not found: {plan}")
         self.precision = precision
         self.trt = trt
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.buffers = _buffers()
-        runtime = trt.Runtime(self.logger)
-        self.engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
-        if self.engine is None:
-            raise BackendError(f"TensorRT could not deserialise {plan} (built for another GPU or TensorRT version?)")
-        self.context = self.engine.create_execution_context()
         self.device = "cuda"
         self.host: dict[str, np.ndarray] = {}
         self.device_mem: dict[str, Any] = {}
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.buffers = _buffers()
+        try:
+            self._start(Path(plan))
+        except BackendError:
+            raise
+        except Exception as exc:  # TensorRT / CUDA errors of their own types: start-up failed, say so as one type
+            raise BackendError(f"TensorRT could not start {Path(plan).name}: {type(exc).__name__}: {exc}") from exc
+
+    def _start(self, plan: Path) -> None:
+        """Deserialise the engine, check its I/O against the manifest, create the context and bind the buffers."""
+        runtime = self.trt.Runtime(self.logger)
+        self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialise {plan} (built for another GPU or TensorRT version?)")
+        problems = _engine_mismatches(self.trt, self.engine, self.inputs, self.outputs)
+        if problems:
+            raise BackendError(f"TensorRT engine {plan.name} does not match the bundle manifest: {'; '.join(problems)}")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendError(f"TensorRT could not create an execution context for {plan.name} "
+                               "(not enough device memory?)")
         for spec in (*self.inputs, *self.outputs):
             host = np.empty(spec.shape, dtype=np.dtype(spec.dtype))
             self.host[spec.name] = host
-            self.device_mem[spec.name] = self.buffers.alloc(host.nbytes)
-            self.context.set_tensor_address(spec.name, self.buffers.ptr(self.device_mem[spec.name]))
+            try:
+                self.device_mem[spec.name] = self.buffers.alloc(host.nbytes)
+            except BackendError:
+                raise
+            except Exception as exc:  # pycuda MemoryError / driver errors
+                raise BackendError(f"cannot allocate {host.nbytes} bytes of device memory for {spec.name!r}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            if not self.context.set_tensor_address(spec.name, self.buffers.ptr(self.device_mem[spec.name])):
+                raise BackendError(f"TensorRT refused the device address of {spec.name!r} in {plan.name}")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, value in feeds.items():

@@ -365,6 +365,9 @@ class ServiceConfig:
         own = {self.topic("pose"), self.topic("status")}
         for key, topic in zip(("source.topic", "telemetry.topic"), topics, strict=False):
             _check(topic is None or topic not in own, key, f"{topic!r} is one of the service's output topics")
+        # one link holds one handler per topic: the later subscription would silently replace the frame source's
+        _check(self.telemetry_topic is None or self.telemetry_topic != self.frame_topic, "telemetry.topic",
+               f"{self.telemetry_topic!r} is also the frame topic (source.topic); telemetry needs its own topic")
 
     def topic(self, leaf: str) -> str:
         """``<prefix>/<vehicle_id>/<leaf>``."""

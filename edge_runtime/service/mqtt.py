@@ -8,6 +8,9 @@
 * A bounded outbox: messages published while disconnected wait in a FIFO of ``outbox_max`` entries (the oldest is
   dropped and counted when full) and are sent after the birth message on reconnect; poses older than their expiry are
   dropped then. Under MQTT 5 poses carry ``MessageExpiryInterval`` (the remaining part of it when sent late).
+* QoS > 0 messages the broker has not acknowledged (at most ``outbox_max``; more are dropped and counted as
+  ``queue_full``) are taken back from paho on reconnect (the clean session made the broker forget them) and re-sent
+  after the birth message, before the outbox, through the same expiry check: an expired QoS 1 pose is not re-sent.
 * TLS (``tls_set``) and username/password (the password from an environment variable or a file).
 """
 
@@ -32,6 +35,12 @@ from paho.mqtt.properties import Properties
 from edge_runtime.service.config import MqttConfig
 
 logger = logging.getLogger(__name__)
+
+#: paho's queue of unacknowledged QoS > 0 messages holds this many more than ``outbox_max``. Ordinary messages stop
+#: at ``outbox_max`` unacknowledged (:meth:`MqttLink._send`); the headroom is for the birth message and the final
+#: offline status, which must find room even after a half-open link (a hung broker: TCP up, no PUBACK) filled the
+#: queue: paho refuses a publish into a full queue (MQTT_ERR_QUEUE_SIZE) and the retained state would stay stale.
+PAHO_QUEUE_HEADROOM = 8
 
 #: ``handler(payload, retained, user_properties)`` for a subscribed topic (runs on the network thread).
 MessageHandler = Callable[[bytes, bool, dict[str, str]], None]
@@ -60,6 +69,14 @@ class _Pending:
     retain: bool
     expiry_s: int | None
     queued_mono: float
+
+
+def _acknowledged(info: paho.MQTTMessageInfo) -> bool:
+    """True once the broker acknowledged the message (a message first refused with NO_CONN never reports it)."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):  # rc NO_CONN: held by paho until the next connect takes it back
+        return False
 
 
 def read_password(config: MqttConfig, environ: dict[str, str] | None = None) -> str | None:
@@ -115,7 +132,7 @@ class MqttLink:
         self.client.enable_logger(_PAHO_LOGGER)
         self.client.suppress_exceptions = True  # a failing callback is logged; it must not end the network thread
         self.client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]
-        self.client.max_queued_messages_set(config.outbox_max)
+        self.client.max_queued_messages_set(config.outbox_max + PAHO_QUEUE_HEADROOM)
         will_props = None
         if self.v5 and config.will_delay_s:
             will_props = Properties(PacketTypes.WILLMESSAGE)
@@ -149,9 +166,12 @@ class MqttLink:
         self._pending_subacks: dict[int, str] = {}
         self._subscribed = threading.Event()
         self._outbox: deque[_Pending] = deque()
+        #: QoS > 0 messages handed to paho and not acknowledged yet (with their info, to see the acknowledgement)
+        self._unacked: list[tuple[paho.MQTTMessageInfo, _Pending]] = []
         self.counters = {
             "connects": 0, "disconnects": 0, "connect_failures": 0, "published": 0, "outbox_queued": 0,
             "outbox_dropped": 0, "outbox_expired": 0, "queue_full": 0, "received": 0, "handler_errors": 0,
+            "birth_failed": 0,
         }
         #: messages per topic that were accepted but never handed to the network (outbox overflow, expired in the
         #: outbox, in-flight queue full, refused by paho): what the service reports as undelivered poses
@@ -252,24 +272,60 @@ class MqttLink:
                 self._lost(msg.topic)
                 return False
             expiry = max(1, math.ceil(left))
+        if msg.qos > 0 and self._unacked_count() >= self.config.outbox_max:
+            return self._queue_full(msg)
         info = self.client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
                                    properties=self._props(expiry))
+        if msg.qos > 0 and info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._unacked.append((info, msg))
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.counters["published"] += 1
             return True
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            if msg.qos == 0:  # QoS > 0 stays in paho's own queue and is re-sent after reconnecting
+            if msg.qos == 0:  # QoS > 0 stays in paho's own queue until the reconnect takes it back (_take_unacked)
                 self._enqueue(msg)
             return True
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
-            self.counters["queue_full"] += 1
-            self._lost(msg.topic)
-            logger.warning("MQTT in-flight queue full (%d): message on %s dropped", self.config.outbox_max, msg.topic)
-            return False
+            return self._queue_full(msg)
         self.last_error = paho.error_string(info.rc)
         self._lost(msg.topic)
         logger.warning("MQTT publish on %s failed: %s", msg.topic, self.last_error)
         return False
+
+    def _queue_full(self, msg: _Pending) -> bool:
+        self.counters["queue_full"] += 1
+        self._lost(msg.topic)
+        logger.warning("MQTT in-flight queue full (%d unacknowledged): message on %s dropped", self.config.outbox_max,
+                       msg.topic)
+        return False
+
+    def _unacked_count(self) -> int:
+        """QoS > 0 messages not acknowledged yet (the acknowledged ones are forgotten here)."""
+        self._unacked = [(info, msg) for info, msg in self._unacked if not _acknowledged(info)]
+        return len(self._unacked)
+
+    def _take_unacked(self, client: paho.Client) -> list[_Pending]:
+        """Take every unacknowledged message back from paho (on connect: the clean session made the broker forget
+        them), to re-send them through :meth:`_send` with its expiry check. Old birth and final messages are
+        dropped with them (a fresh birth follows). A paho without ``drop_out_messages`` re-sends them itself,
+        expired or not."""
+        drop = getattr(client, "drop_out_messages", None)
+        if drop is None:
+            self._unacked = []
+            return []
+        drop()
+        stale = [msg for info, msg in self._unacked if not _acknowledged(info)]
+        self._unacked = []
+        return stale
+
+    def _publish_birth(self, client: paho.Client) -> None:
+        info = client.publish(self.status_topic, self._birth(), qos=self.config.qos.status, retain=True,
+                              properties=self._props(None))
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.counters["birth_failed"] += 1
+            self.last_error = f"birth message not published: {paho.error_string(info.rc)}"
+            logger.error("MQTT birth message on %s not published: %s", self.status_topic,
+                         paho.error_string(info.rc))
 
     def _lost(self, topic: str) -> None:
         self.undelivered[topic] = self.undelivered.get(topic, 0) + 1
@@ -299,18 +355,19 @@ class MqttLink:
             self.counters["connects"] += 1
             self._connected.set()
             self.last_error = None
-            client.publish(self.status_topic, self._birth(), qos=self.config.qos.status, retain=True,
-                           properties=self._props(None))
+            stale = self._take_unacked(client)
+            self._publish_birth(client)
             self._pending_subacks.clear()
             for topic, (qos, _) in self._subscriptions.items():
                 self._subscribe(topic, qos)
             if not self._pending_subacks:
                 self._subscribed.set()
-            pending, self._outbox = list(self._outbox), deque()
+            pending, self._outbox = [*stale, *self._outbox], deque()
             for msg in pending:
                 self._send(msg)
-        logger.info("MQTT connected to %s:%d (connection %d; %d queued messages flushed)", self.config.host,
-                    self.config.port, self.counters["connects"], len(pending))
+        logger.info("MQTT connected to %s:%d (connection %d; %d unacknowledged and %d queued messages sent)",
+                    self.config.host, self.config.port, self.counters["connects"], len(stale),
+                    len(pending) - len(stale))
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._lock:

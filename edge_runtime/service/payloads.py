@@ -134,7 +134,7 @@ def pose_payload(
             "horizontal_datum": "WGS84",
         },
         "heading_deg": heading,
-        "heading_reference": "map_grid_north",
+        "heading_reference": "true_north",
         "attitude_deg": attitude,
         "std_m": {"east": _num(result.std_m[0], 3), "north": _num(result.std_m[1], 3)},
         "footprint": footprint_geojson(result.footprint_lonlat),
@@ -142,6 +142,17 @@ def pose_payload(
         "latency_ms": {"locator": locator_latency, **service_latency},
         "inference": {"backend": result.backend, "precision": result.precision, "degraded": bool(result.degraded)},
         "priors": priors_dict(priors),
+    }
+
+
+def no_fix_detail(result: LocateResult) -> dict[str, Any]:
+    """The ``detail`` of a ``no_fix`` status: ``reason``, ``confidence``, ``inliers``, ``latency_ms`` (NaN and
+    infinity become None: a failed locate may carry them, JSON has neither)."""
+    return {
+        "reason": result.reason,
+        "confidence": _num(result.confidence, 4),
+        "inliers": None if result.inliers is None else int(result.inliers),
+        "latency_ms": {str(k): _num(v, 3) for k, v in result.latency_ms.items()},
     }
 
 

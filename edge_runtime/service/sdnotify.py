@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 from collections.abc import Mapping
@@ -18,6 +19,26 @@ from collections.abc import Mapping
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 0.5
+
+#: a value longer than this (UTF-8 bytes) is cut: systemd reads notify datagrams into a PIPE_BUF (4096 bytes) buffer
+#: and ignores a message that does not fit, so two long fields must still leave room for the rest
+MAX_VALUE_BYTES = 1024
+
+_CONTROL_RUN = re.compile(r"\s*[\x00-\x1f\x7f]+\s*")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
+def one_line(value: object, max_bytes: int = MAX_VALUE_BYTES) -> str:
+    """``value`` as one notify line: control characters (newlines, tabs, NUL) become one space each run, the ends are
+    trimmed and the text is cut to ``max_bytes`` UTF-8 bytes (ending in ``...``).
+
+    Exception texts (OpenCV's end in a newline) reach ``STATUS=``; a newline would start a new ``KEY=VALUE`` field.
+    """
+    text = _CONTROL_RUN.sub(" ", str(value)).strip()
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max(0, max_bytes - 3)].decode("utf-8", "ignore") + "..."
 
 
 class NotifyError(ValueError):
@@ -60,6 +81,18 @@ def watchdog_interval_s(environ: Mapping[str, str] | None = None, pid: int | Non
     return value / 1e6
 
 
+def _datagram(fields: Mapping[str, str | int]) -> bytes:
+    """``KEY=VALUE\\n`` lines of a notify message."""
+    if not fields:
+        raise ValueError("a notify message needs at least one field")
+    lines = []
+    for key, value in fields.items():
+        if not _FIELD_NAME.fullmatch(key):
+            raise ValueError(f"notify field name {key!r} must be [A-Za-z0-9_]+")
+        lines.append(f"{key}={one_line(value)}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
 class Notifier:
     """Sends notify messages; a no-op (every method returns False) when ``NOTIFY_SOCKET`` is unset.
 
@@ -85,20 +118,17 @@ class Notifier:
     def send(self, **fields: str | int) -> bool:
         """Send ``KEY=VALUE`` lines (keyword names are the keys, e.g. ``send(READY=1, STATUS="ok")``).
 
+        Values are made one line (:func:`one_line`): a status text is never a reason to fail.
+
         Returns:
             True when the datagram was sent; False when disabled or the send failed (logged).
+
+        Raises:
+            ValueError: no field, or a field name that is not ``[A-Za-z0-9_]+`` (a programming error).
         """
         if self.address is None:
             return False
-        if not fields:
-            raise ValueError("a notify message needs at least one field")
-        lines = []
-        for key, value in fields.items():
-            text = str(value)
-            if "\n" in text:
-                raise ValueError(f"notify field {key} must be one line, got {text!r}")
-            lines.append(f"{key}={text}")
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+        data = _datagram(fields)
         with self._lock:
             try:
                 if self._sock is None:

@@ -12,7 +12,10 @@ Lifecycle (systemd ``Type=notify``):
    after ``health.unhealthy_exit_s`` the loop exits with status 1 itself.
    Bad input (corrupt JPEG, empty MQTT payload, unexpected frame size, bad telemetry) is a status error and the loop
    carries on. A non-looping replay ends the loop with status 0 once every frame is processed.
-3. :meth:`Service.close`: ``STOPPING=1``, stop the source, publish the retained offline status, disconnect.
+   An unexpected exception out of the processing of one frame (a bug) is logged with its traceback, published as a
+   ``locate_error`` status and counted like a locator failure; the loop carries on.
+3. :meth:`Service.close`: ``STOPPING=1``, ask the source to stop, stop the MAVLink bridge, publish the retained
+   offline status, disconnect, then wait for the source to finish.
 
 With a ``mavlink:`` section a :class:`~edge_runtime.mavlink.MavlinkBridge` runs beside MQTT: it starts with the MQTT
 link, every located result goes to the autopilot through ``publish_fix`` (which sends nothing for a frame without a
@@ -41,6 +44,7 @@ from calibration.camera_info import CameraInfo, read_camera_info, same_aspect
 from calibration.exif import camera_from_metadata, jpeg_pixel_size, jpeg_segments
 from edge_runtime.mavlink.bridge import MavlinkBridge
 from edge_runtime.service import payloads
+from edge_runtime.service.cli import EXIT_CONFIG, EXIT_FAILED
 from edge_runtime.service.config import ServiceConfig
 from edge_runtime.service.frame_queue import LatestFrameQueue, QueueClosed
 from edge_runtime.service.mqtt import MqttConfigError, MqttLink
@@ -49,6 +53,7 @@ from edge_runtime.service.sources import Frame, FrameSource, SourceError, make_s
 from edge_runtime.service.telemetry import (
     TelemetryError,
     TelemetryStore,
+    epoch_seconds,
     fixed_priors,
     priors_from_jpeg_bytes,
     priors_from_jpeg_file,
@@ -354,19 +359,24 @@ class Service:
         self.link.stop(payloads.dumps(final))
 
     def close(self) -> None:
-        """STOPPING=1, stop the source, publish the retained offline status and disconnect."""
-        reason = self.stop_reason or "stopped"
+        """STOPPING=1, ask the source to stop, stop the MAVLink bridge (at most 2 s; the offline status then says
+        ``stopped``), publish the retained offline status and disconnect, and only then wait for the source: a camera
+        or video teardown can take seconds, and systemd's stop timeout must not eat the offline status."""
+        self.request_stop("stopped")
+        reason = self.stop_reason
         self.state = "stopping"
         self.notifier.stopping(f"stopping: {reason}")
         logger.info("stopping: %s", reason)
         if self.source is not None:
-            self.source.stop()
+            self.source.request_stop()
         self.queue.close()
         if self.bridge is not None:
             self.bridge.stop()
         final = self._status(online=False, state="offline", event="offline", message=reason,
                              counters=self.counters_snapshot())
         self.link.stop(payloads.dumps(final))
+        if self.source is not None:
+            self.source.stop()
         self.notifier.close()
 
     # --------------------------------------------------------------------------------------- source side
@@ -380,9 +390,16 @@ class Service:
         return False
 
     def _on_telemetry(self, payload: bytes, retained: bool, properties: dict[str, str]) -> None:
+        """Keep a telemetry sample (MQTT network thread). A retained message is ignored: the broker delivers it on
+        every (re)connect, possibly hours old. A sample whose own time ``t`` is older than ``telemetry.max_age_s``
+        by this machine's clock is a ``telemetry_error`` (the two clocks must be synchronised, e.g. chrony)."""
         assert self.telemetry is not None
+        if retained:
+            logger.info("ignoring a retained telemetry message on %s (it may be old; waiting for a live one)",
+                        self.config.telemetry_topic)
+            return
         try:
-            self.telemetry.update(payload)
+            self.telemetry.update(payload, now_wall=time.time())
         except TelemetryError as exc:
             self.report("telemetry_error", str(exc))
 
@@ -393,7 +410,7 @@ class Service:
         while not self.stop_event.is_set():
             frame = self.queue.get(timeout=poll)
             if frame is not None:
-                self.process(frame)
+                self._process_guarded(frame)
             elif self.source is not None and self.source.finished.is_set() and len(self.queue) == 0:
                 self.request_stop(f"{self.source.describe()}: all frames processed")
                 return 0
@@ -408,6 +425,17 @@ class Service:
                 self._heartbeat(now)
             self._check_mavlink()
         return 0
+
+    def _process_guarded(self, frame: Frame) -> None:
+        """:meth:`process`, with any unexpected exception (a bug) logged with its traceback, published as a
+        ``locate_error`` status and counted towards unhealthy: one bad frame must not end the loop."""
+        try:
+            self.process(frame)
+        except Exception as exc:
+            try:
+                self._locate_failed(frame, self.seq, exc)
+            except Exception:  # reporting itself failed (e.g. the status could not be encoded)
+                logger.exception("reporting the failure of %s failed", frame.name)
 
     def _check_mavlink(self) -> None:
         """Publish a retained ``mavlink_down`` / ``mavlink_up`` status when the autopilot link changes state."""
@@ -533,8 +561,7 @@ class Service:
             lat["end_to_end"] = (time.monotonic() - frame.t_mono) * 1e3
             with self._lock:
                 self.counters["no_fix"] += 1
-            detail = {"reason": result.reason, "confidence": result.confidence, "inliers": result.inliers,
-                      "latency_ms": {k: round(v, 3) for k, v in result.latency_ms.items()}}
+            detail = payloads.no_fix_detail(result)
             self.publish_status("no_fix", f"{frame.name}: no fix: {result.reason}", frame=frame.name, seq=seq,
                                 detail=detail)
         for key, value in result.latency_ms.items():
@@ -608,14 +635,16 @@ class Service:
 
     @staticmethod
     def _frame_time(frame: Frame) -> tuple[float, str]:
-        """Capture time of a frame without EXIF time: the MQTT user property ``t_capture``, else its arrival."""
+        """Capture time of a frame without EXIF time: the MQTT user property ``t_capture``, else its arrival.
+
+        Raises:
+            TelemetryError: ``t_capture`` is not a finite number of Unix seconds in
+                :data:`~edge_runtime.service.telemetry.EPOCH_RANGE_S` (e.g. milli- or nanoseconds, NaN): the frame
+                is refused as bad input (a ``telemetry_error`` status), like a corrupt JPEG.
+        """
         if "t_capture" not in frame.properties:
             return frame.t_wall, "arrival"
-        try:
-            return float(frame.properties["t_capture"]), "mqtt"
-        except ValueError as exc:
-            raise TelemetryError(f"{frame.name}: user property t_capture={frame.properties['t_capture']!r} "
-                                 "is not seconds since the epoch") from exc
+        return epoch_seconds(frame.properties["t_capture"], f"{frame.name}: user property t_capture"), "mqtt"
 
     def _mavlink_priors(self, frame: Frame) -> Priors:
         """The autopilot's priors at the frame's capture time (source ``mavlink``; ``capture_time`` left None for
@@ -664,7 +693,8 @@ class Service:
 
 def run_service(config: ServiceConfig, locator_type: Any, locator_config: Any, notifier: Notifier | None = None,
                 install_signals: bool = True) -> int:
-    """Start, run and close a service; the process exit status (0 = clean stop, 1 = failure).
+    """Start, run and close a service; the process exit status (0 = clean stop, 1 = failure, 2 = unusable MQTT
+    credentials or TLS files: a config error, which the systemd unit does not restart).
 
     SIGTERM and SIGINT stop the loop cleanly (``STOPPING=1``, retained offline status) when ``install_signals``.
     """
@@ -676,7 +706,7 @@ def run_service(config: ServiceConfig, locator_type: Any, locator_config: Any, n
         logger.error("cannot start: %s", exc)
         if notifier is not None:
             notifier.status(f"failed: {exc}")
-        return 1
+        return EXIT_CONFIG if isinstance(exc, MqttConfigError) else EXIT_FAILED
     if install_signals:
         def on_signal(signum: int, _frame: Any) -> None:
             service.request_stop(signal.Signals(signum).name)
@@ -689,9 +719,10 @@ def run_service(config: ServiceConfig, locator_type: Any, locator_config: Any, n
         logger.error("start-up failed: %s", exc)
         service.fail(str(exc))
         return 1
-    code = 1
+    code = EXIT_FAILED
     try:
         code = service.run()
     finally:
+        service.request_stop("the processing loop ended")  # first: the source stops feeding a loop that is gone
         service.close()
     return code

@@ -99,6 +99,10 @@ class FrameSource(ABC):
                                         daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """Ask the source to stop without waiting (:meth:`stop` then waits for its thread and releases it)."""
+        self._stop.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the source to stop and wait for its thread."""
         self._stop.set()

@@ -5,7 +5,8 @@
   optical-axis angles to the project convention with :mod:`calibration.geometry`) and ``DateTimeOriginal``. EXIF
   times without ``OffsetTimeOriginal`` are local times; the configured UTC offset turns them into UTC.
 * MQTT telemetry: JSON samples following ``edge_runtime/schemas/telemetry.schema.json``; the newest sample is used
-  for a frame when it is at most ``max_age_s`` old.
+  for a frame when it arrived at most ``max_age_s`` before. The service also refuses a sample whose own time ``t``
+  is more than ``max_age_s`` (+ 5 s of clock skew) old by its clock, and ignores retained messages.
 """
 
 from __future__ import annotations
@@ -32,9 +33,34 @@ logger = logging.getLogger(__name__)
 TELEMETRY_SCHEMA = "topicgeo-edge/telemetry/1"
 TELEMETRY_KEYS = ("schema", "t", "altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg", "frame_gsd_m")
 
+#: plausible Unix times in seconds (2001-09-09 .. 2096-10-02): outside it a time stamp is in another unit
+#: (milliseconds ~1.7e12, microseconds, nanoseconds ~1.7e18), a clock that was never set, or garbage
+EPOCH_RANGE_S = (1e9, 4e9)
+#: how far the telemetry sender's clock may lag this one before its samples count as stale by their own time (the
+#: freshness that matters, ``max_age_s`` since arrival, is measured on this clock alone)
+CLOCK_SKEW_S = 5.0
+
 
 class TelemetryError(ValueError):
     """Telemetry (EXIF/XMP or an MQTT sample) that cannot be turned into priors; the message says why."""
+
+
+def epoch_seconds(value: str | float, what: str) -> float:
+    """``value`` (a number or its text) as Unix seconds within :data:`EPOCH_RANGE_S`.
+
+    Raises:
+        TelemetryError: not a number, not finite, or outside the range (names ``what`` and the value).
+    """
+    try:
+        t = float(value)
+    except ValueError as exc:
+        raise TelemetryError(f"{what}={value!r} is not seconds since the epoch") from exc
+    lo, hi = EPOCH_RANGE_S
+    if not lo <= t <= hi:  # also NaN and infinity
+        span = "..".join(str(datetime.fromtimestamp(x, tz=timezone.utc).date()) for x in EPOCH_RANGE_S)
+        raise TelemetryError(f"{what}={value!r} is not Unix seconds within {span} (milliseconds or nanoseconds? "
+                             "a clock that was never set?)")
+    return t
 
 
 def epoch_from_exif_time(stamp: datetime, utc_offset_h: float) -> float:
@@ -219,17 +245,32 @@ class TelemetryStore:
         self._lock = threading.Lock()
         self.received = 0
 
-    def update(self, payload: bytes) -> TelemetrySample:
+    def update(self, payload: bytes, now_wall: float | None = None) -> TelemetrySample:
         """Parse and keep a message.
 
+        Args:
+            now_wall: the current ``time.time()``; when given, a sample carrying its own time ``t`` must be Unix
+                seconds (:data:`EPOCH_RANGE_S`) at most ``max_age_s`` + :data:`CLOCK_SKEW_S` old by this clock.
+                None: ``t`` is not checked.
+
         Raises:
-            TelemetryError: see :func:`parse_telemetry` (the previous sample is kept).
+            TelemetryError: see :func:`parse_telemetry`, or a sample that is too old (the previous sample is kept).
         """
         sample = parse_telemetry(payload, time.monotonic())
+        if now_wall is not None and sample.t is not None:
+            self._check_time(sample.t, now_wall)
         with self._lock:
             self._sample = sample
             self.received += 1
         return sample
+
+    def _check_time(self, t: float, now_wall: float) -> None:
+        t = epoch_seconds(t, "telemetry t")
+        age = now_wall - t
+        if age > self.max_age_s + CLOCK_SKEW_S:
+            raise TelemetryError(f"telemetry sample is {age:.1f} s old (t={t:.3f}; max_age_s {self.max_age_s:g} + "
+                                 f"{CLOCK_SKEW_S:g} s for clock skew); ignored (late delivery, or the sender's clock "
+                                 "is behind)")
 
     def latest(self, now_mono: float | None = None) -> TelemetrySample | None:
         """The newest sample if it is fresh enough, else None."""

@@ -20,7 +20,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 import numpy as np
@@ -608,6 +608,24 @@ def naip_eval_pairs(
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
+def folder_date_labels(rels: Sequence[str]) -> tuple[str, ...]:
+    """Date labels of the rasters of one split-file line (``rels``: paths relative to the root).
+
+    The file stems when they are unique (``a/x_2019.tif a/x_2020.tif`` -> ``x_2019, x_2020``), else the parent
+    folder names when those are unique (``2019/area.tif 2020/area.tif`` -> ``2019, 2020``), else the relative paths
+    without suffix (``s1/2019/area.tif s2/2019/area.tif`` -> ``s1/2019/area, s2/2019/area``). Repeating one file is
+    an error.
+    """
+    paths = [PurePosixPath(str(r).replace("\\", "/")) for r in rels]
+    for labels in ([p.stem for p in paths], [p.parent.name for p in paths]):
+        if all(labels) and len(set(labels)) == len(labels):
+            return tuple(labels)
+    labels = [str(p.with_suffix("")) for p in paths]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"the same raster is listed twice among {list(rels)}")
+    return tuple(labels)
+
+
 def folder_sources(
     root: str | os.PathLike[str], split_file: str | os.PathLike[str], raster_config: RasterConfig | None = None
 ) -> list[MapSource]:
@@ -615,7 +633,9 @@ def folder_sources(
 
     Split file format (text): one map source per line, ``#`` comments. A line is either ``path`` (a single-date map)
     or ``map_id: path_date1 path_date2 ...`` (the same ground at several dates, georeferenced). Paths are relative to
-    ``root``; the date labels are the file stems.
+    ``root``. The date labels are the file stems (``area_2019.tif area_2020.tif``); where the stems of one line
+    collide (``2019/area.tif 2020/area.tif``), the parent folder names, and where those collide too, the relative
+    paths without suffix (see :func:`folder_date_labels`).
     """
     root = Path(root)
     cfg = raster_config or RasterConfig()
@@ -633,7 +653,7 @@ def folder_sources(
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"split file {split_file}: map {map_id!r} lists missing files {missing}")
-        dates = tuple(p.stem for p in paths)
+        dates = folder_date_labels(rels)
         sources.append(MapSource(map_id, paths, dates, raster_config=cfg))
     return sources
 

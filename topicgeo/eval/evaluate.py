@@ -81,7 +81,8 @@ class GalleryMap(NamedTuple):
 
 
 class QueryOutcome(NamedTuple):
-    """Per-query result (``footprint`` in the top-1 map's pixels, None on failure)."""
+    """Per-query result (``footprint`` in the top-1 map's pixels, None on failure; ``gallery_size``: maps searched,
+    0 = not recorded)."""
 
     query_id: str
     true_map: str
@@ -93,6 +94,7 @@ class QueryOutcome(NamedTuple):
     inliers: int
     seconds: float
     reason: str | None
+    gallery_size: int = 0
 
 
 def pad_to_multiple(
@@ -227,7 +229,8 @@ def _score(
     else:
         correct = best == q.map_id and quad is not None and is_convex_quad(quad) and quad_contains(quad, centre)
     iou = quad_iou(quad, truth) if (correct and quad is not None and is_convex_quad(quad)) else 0.0
-    return QueryOutcome(q.query_id, q.map_id, ranking, best, quad, bool(correct), float(iou), inliers, seconds, reason)
+    return QueryOutcome(q.query_id, q.map_id, ranking, best, quad, bool(correct), float(iou), inliers, seconds, reason,
+                        n_maps)
 
 
 class SiftMatcher:
@@ -282,16 +285,27 @@ def evaluate_sift(queries: list[EvalQuery], gallery: list[GalleryMap]) -> list[Q
 
 
 def summarize(outcomes: list[QueryOutcome], recall_ks: tuple[int, ...] = (1, 3)) -> dict[str, Any]:
-    """R@k (percent), mean IoU (percent, failures 0) and timing."""
+    """R@k (percent), mean IoU (percent, failures 0) and timing.
+
+    R@k for k > 1 counts a query whose true map is among the best k ranked maps. Against a one-map gallery that only
+    says the map scored above zero, so there R@k is R@1 (the footprint contains the true centre). The gallery size
+    is each outcome's ``gallery_size``; where it is not recorded (0), a gallery is taken to be one map when every
+    outcome names the same single map.
+    """
     n = len(outcomes)
     if n == 0:
         raise ValueError("no queries to summarise")
+    seen = {o.true_map for o in outcomes} | {m for o in outcomes for m in o.ranking}
+
+    def one_map(o: QueryOutcome) -> bool:
+        return o.gallery_size == 1 or (o.gallery_size == 0 and len(seen) == 1)
+
     out: dict[str, Any] = {"queries": n}
     for k in recall_ks:
         if k == 1:
             hits = sum(o.correct for o in outcomes)
         else:
-            hits = sum((o.correct or o.true_map in o.ranking[:k]) for o in outcomes)
+            hits = sum((o.correct or (not one_map(o) and o.true_map in o.ranking[:k])) for o in outcomes)
         out[f"R@{k}"] = round(100.0 * hits / n, 1)
     out["mIoU"] = round(100.0 * float(np.mean([o.iou for o in outcomes])), 1)
     out["median_seconds"] = round(float(np.median([o.seconds for o in outcomes])), 3)

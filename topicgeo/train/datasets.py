@@ -13,22 +13,42 @@ SPLITS = Path(__file__).resolve().parent.parent / "splits"
 
 
 class MixedPairs:
-    """Interleaves several :class:`PairDataset` with integer weights (deterministic per index)."""
+    """Interleaves several :class:`PairDataset` with integer weights (deterministic per index).
+
+    Indices run through repeated blocks of the schedule (each part ``weight`` times, parts in name order). The
+    ``k``-th occurrence of a part in block ``j`` draws its sample ``(j * weight + k) % len(part)``, so consecutive
+    draws of one part walk through all of its samples. The length spans enough blocks for every part to draw each
+    of its samples at least once (equally often, up to one, over the full length); a part's share of the indices
+    is ``weight / sum(weights)``.
+    """
 
     def __init__(self, parts: dict[str, PairDataset], weights: dict[str, int]) -> None:
         if not parts or set(parts) != set(weights) or min(weights.values()) < 1:
             raise ValueError("every part needs an integer weight >= 1")
+        if min(len(p) for p in parts.values()) < 1:
+            raise ValueError("every part needs at least one sample")
         self.parts = parts
         self.weights = weights
         self.schedule = [name for name, w in sorted(weights.items()) for _ in range(w)]
+        seen: dict[str, int] = {}
+        self._occurrence = []  # per schedule slot: how many earlier slots of the block hold the same part
+        for name in self.schedule:
+            self._occurrence.append(seen.get(name, 0))
+            seen[name] = seen.get(name, 0) + 1
+        self._blocks = max(-(-len(part) // weights[name]) for name, part in parts.items())
 
     def __len__(self) -> int:
-        return sum(len(p) for p in self.parts.values())
+        return self._blocks * len(self.schedule)
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """``(part name, index in that part)`` of mixture index ``index``."""
+        block, slot = divmod(int(index), len(self.schedule))
+        name = self.schedule[slot]
+        return name, (block * self.weights[name] + self._occurrence[slot]) % len(self.parts[name])
 
     def __getitem__(self, index: int) -> TrainingPair:
-        name = self.schedule[index % len(self.schedule)]
-        part = self.parts[name]
-        return part[(index // len(self.schedule)) % len(part)]
+        name, local = self.locate(index)
+        return self.parts[name][local]
 
     def describe(self) -> dict[str, Any]:
         """Sources, dates and sampling parameters (stored in checkpoints as the data manifest)."""

@@ -2,8 +2,9 @@
 
 Batches are dicts of tensors (see :func:`collate_pairs`):
 ``query (B, 3, S, S)`` float in [0, 1], ``reference (B, 3, R, R)``, ``ref_valid (B, R, R)`` bool,
-``H (B, 3, 3)`` float64 query pixels -> reference-window pixels, optionally ``negative (B, 3, R, R)`` and
-``negative_valid (B, R, R)`` (an unrelated window: every coarse pair is a negative).
+``H (B, 3, 3)`` float64 query pixels -> reference-window pixels, and, when at least one pair of the batch carries
+one, ``negative (B, 3, R, R)``, ``negative_valid (B, R, R)`` (an unrelated window: every coarse pair is a negative)
+and ``has_negative (B,)`` bool (pairs without a negative hold zeros, all invalid, and are left out of the loss).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from topicgeo.config import COARSE_STRIDE, FINE1_STRIDE, FINE2_STRIDE
 from topicgeo.model.matching import child_index
-from topicgeo.model.topicgeo import TopicGeo
+from topicgeo.model.topicgeo import EncodedImage, TopicGeo
 from topicgeo.train.labels import aca_coarse_labels, aca_fine_labels
 from topicgeo.train.losses import LossConfig, fine_loss, focal_loss, subpixel_loss, topic_loss
 
@@ -32,12 +33,40 @@ def collate_pairs(pairs: list[Any]) -> dict[str, torch.Tensor]:
         "ref_valid": torch.stack([torch.from_numpy(np.ascontiguousarray(p.ref_valid)) for p in pairs]).bool(),
         "H": torch.stack([torch.from_numpy(np.asarray(p.H_query_to_ref, dtype=np.float64)) for p in pairs]),
     }
-    if all(getattr(p, "negative", None) is not None for p in pairs):
-        batch["negative"] = torch.stack([img(p.negative) for p in pairs])
-        batch["negative_valid"] = torch.stack(
-            [torch.from_numpy(np.ascontiguousarray(p.negative_valid)) for p in pairs]
-        ).bool()
+    has_negative = [getattr(p, "negative", None) is not None and getattr(p, "negative_valid", None) is not None
+                    for p in pairs]
+    if any(has_negative):
+        height, width = next(p.negative.shape[:2] for p, h in zip(pairs, has_negative, strict=True) if h)
+        negative = torch.zeros(len(pairs), 3, height, width)
+        negative_valid = torch.zeros(len(pairs), height, width, dtype=torch.bool)
+        for i, p in enumerate(pairs):
+            if has_negative[i]:
+                negative[i] = img(p.negative)
+                negative_valid[i] = torch.from_numpy(np.ascontiguousarray(p.negative_valid)).bool()
+        batch["negative"] = negative
+        batch["negative_valid"] = negative_valid
+        batch["has_negative"] = torch.tensor(has_negative, dtype=torch.bool)
     return batch
+
+
+def _select(encoded: EncodedImage, rows: torch.Tensor) -> EncodedImage:
+    """The batch rows ``rows (K,)`` (int64) of an :class:`EncodedImage` (per-image encodings: rows are independent)."""
+    return EncodedImage(encoded.coarse[rows], encoded.theta[rows], encoded.fine1[rows], encoded.fine2[rows],
+                        encoded.valid[rows], encoded.grid)
+
+
+def subpixel_valid(target: torch.Tensor, subpixel: torch.Tensor) -> torch.Tensor:
+    """Which level-2 children supervise the sub-pixel regression.
+
+    Args:
+        target: ``(...,)`` int64 reference child per query child (-1 = none).
+        subpixel: ``(..., 2)`` true position in normalised window coordinates (child centres at -1 .. 1).
+
+    Returns:
+        ``(...,)`` bool: a target child exists and the true position lies within ``[-1, 1]^2``, the range of the
+        prediction (a softmax-weighted mean of the child centres, as in LoFTR); NaN positions are excluded.
+    """
+    return (target >= 0) & (subpixel.abs() <= 1.0).all(dim=-1)
 
 
 def _sample_rows(candidates: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +103,18 @@ def training_step(
     losses: dict[str, torch.Tensor] = {}
     losses["coarse"] = focal_loss(conf, gt, pair_valid.float(), loss_config)
     if "negative" in batch:
-        negative = model.encode(batch["negative"], batch["negative_valid"])
-        conf_neg = model.coarse_confidence(query, negative)
-        neg_valid = query.valid[:, :, None] & negative.valid[:, None, :]
-        losses["coarse"] = losses["coarse"] + focal_loss(
-            conf_neg, torch.zeros_like(conf_neg, dtype=torch.bool), neg_valid.float(), loss_config
-        )
+        # Only the pairs that carry a negative are encoded and supervised (``has_negative``; older batch dicts
+        # without it: every pair).
+        has = batch.get("has_negative")
+        rows = torch.arange(b, device=conf.device) if has is None else has.to(conf.device).nonzero().flatten()
+        if rows.numel():
+            negative = model.encode(batch["negative"][rows], batch["negative_valid"][rows])
+            query_rows = _select(query, rows)
+            conf_neg = model.coarse_confidence(query_rows, negative)
+            neg_valid = query_rows.valid[:, :, None] & negative.valid[:, None, :]
+            losses["coarse"] = losses["coarse"] + focal_loss(
+                conf_neg, torch.zeros_like(conf_neg, dtype=torch.bool), neg_valid.float(), loss_config
+            )
     losses["topic"] = sum(
         topic_loss(query.theta[i], reference.theta[i], gt[i], pair_valid[i]) for i in range(b)
     ) / b
@@ -121,7 +156,7 @@ def training_step(
     losses["fine2"] = fine_loss(
         level2.conf.reshape(-1, 16, 16), target2.reshape(-1, 16), valid2.reshape(-1), loss_config
     )
-    sub_valid = (target2 >= 0).reshape(-1)
+    sub_valid = subpixel_valid(target2, sub2).reshape(-1)
     losses["subpixel"] = subpixel_loss(level2.mu.reshape(-1, 2), level2.std.reshape(-1), sub2.reshape(-1, 2), sub_valid)
     losses["total"] = (
         loss_config.coarse_weight * losses["coarse"]

@@ -1,8 +1,13 @@
 """Training loop: AdamW + warm-up + MultiStepLR, gradient clipping, CSV logs, tqdm, resumable checkpoints.
 
 ``topicgeo-train --config FILE`` (YAML). Runs on CPU; on CUDA with AMP; on several GPUs or machines with
-``torchrun --nproc_per_node N -m topicgeo.train.trainer --config FILE`` (DistributedDataParallel; each rank draws
-different samples; rank 0 writes logs and checkpoints).
+``torchrun --nproc_per_node N -m topicgeo.train.trainer --config FILE`` (data parallel: rank 0's weights are broadcast
+at the start, every rank draws different samples and the gradients are averaged over the ranks every step, see
+:func:`average_gradients`; rank 0 writes logs and checkpoints).
+
+A checkpoint also stores every rank's sampling state (the index sampler's and the window sampler's random
+generators) and the AMP gradient scaler, so a resumed run continues exactly where the checkpoint was written; on
+resume, ``log.csv`` rows written after that checkpoint are dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,16 +182,108 @@ def check_resumable(stored: dict[str, Any], config: TrainConfig, step: int, path
                          f"{past_new}; use a new out_dir or --no-resume")
 
 
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank of the default process group (in place)."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(tensor.data, src)
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace every gradient by its mean over the ranks of the default process group (a no-op without one).
+
+    Called after ``backward`` and before unscaling / clipping on every rank, with the parameters in the same order.
+    A parameter without a gradient on some ranks takes zeros there; one without a gradient on every rank keeps
+    ``None`` (the optimiser skips it, as in a single process). The gradients of one dtype travel as one flat
+    buffer (one ``all_reduce`` per dtype plus one for the presence flags).
+
+    Args:
+        parameters: the model's parameters; ``p.grad`` has ``p``'s shape (any, e.g. ``(C_out, C_in, k, k)``).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    params = [p for p in parameters if p.requires_grad]
+    if world == 1 or not params:
+        return
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=params[0].device)
+    torch.distributed.all_reduce(present)  # how many ranks hold a gradient, per parameter
+    synced = [p for p, n in zip(params, present.tolist(), strict=True) if n > 0]
+    for p in synced:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    for dtype in dict.fromkeys(p.grad.dtype for p in synced):  # first-seen order: the same on every rank
+        grads = [p.grad for p in synced if p.grad.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+def sampling_state(rng: np.random.Generator, generator: torch.Generator) -> dict[str, Any]:
+    """One rank's random state for a checkpoint: the index sampler ``rng`` (its bit generator state as JSON), the
+    window sampler ``generator`` and torch's global CPU generator (uint8 state tensors)."""
+    return {"numpy": json.dumps(rng.bit_generator.state), "torch": generator.get_state(),
+            "torch_global": torch.get_rng_state()}
+
+
+def restore_sampling_state(
+    saved: dict[str, Any] | None, rank: int, world: int, rng: np.random.Generator, generator: torch.Generator
+) -> bool:
+    """Restore this rank's :func:`sampling_state` from a checkpoint's ``sampling_state`` entry (in place).
+
+    Returns False, leaving ``rng`` and ``generator`` as seeded, when the checkpoint predates the entry or was
+    written with another number of ranks.
+    """
+    if not saved or int(saved.get("world_size", -1)) != world or len(saved.get("ranks", [])) != world:
+        return False
+    state = saved["ranks"][rank]
+    rng.bit_generator.state = json.loads(state["numpy"])
+    generator.set_state(state["torch"])
+    torch.set_rng_state(state["torch_global"])
+    return True
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Drop the rows of ``log.csv`` at ``path`` logged after ``step`` (a checkpoint the run restarts from).
+
+    Returns the number of rows dropped; the file is rewritten atomically only when rows go.
+    """
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    if not lines:
+        return 0
+    kept = [lines[0]]
+    for line in lines[1:]:
+        cells = next(csv.reader([line]), [])
+        try:
+            logged = int(float(cells[0]))
+        except (IndexError, ValueError):
+            logged = step + 1  # a torn last line of a killed run
+        if logged <= step:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        atomic_write_bytes(path, "".join(kept).encode())
+    return dropped
+
+
 def train(config: TrainConfig, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the last checkpoint."""
     from topicgeo.train.datasets import build_training_dataset
 
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    rank = 0
-    if distributed:
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = torch.distributed.get_rank()
+    rank, world = 0, 1
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     torch.manual_seed(config.seed + rank)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,13 +293,14 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
     dataset = build_training_dataset(**config.data)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start, elapsed = 0, 0.0
+    resumed: dict[str, Any] | None = None
     if resume and last.exists():
-        payload = read_checkpoint(last)
-        check_resumable(payload.get("train_config", {}), config, int(payload["step"]), last)
+        resumed = read_checkpoint(last)
+        check_resumable(resumed.get("train_config", {}), config, int(resumed["step"]), last)
         model = load_model(last, expected_config=model.config, prompts=model.prompts.cpu()).to(device).train()
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        optimiser.load_state_dict(payload["optimizer"])
-        start, elapsed = int(payload["step"]), float(payload.get("wall_seconds", 0.0))
+        optimiser.load_state_dict(resumed["optimizer"])
+        start, elapsed = int(resumed["step"]), float(resumed.get("wall_seconds", 0.0))
         logger.info("resumed %s at step %d", last, start)
     elif config.init_from:
         payload = read_checkpoint(Path(config.init_from))
@@ -210,21 +309,34 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         start, elapsed = int(payload.get("step") or 0), float(payload.get("wall_seconds", 0.0))
         logger.info("warm start from %s (step %d; optimiser state starts fresh)", config.init_from, start)
-    net = model
     if distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        broadcast_module(model)  # ranks were initialised from different seeds
     model.train()
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    # Seeded by the start step too: a resumed sitting draws new pairs instead of replaying the first sitting's.
+    # A fresh sitting seeds by the start step too (a warm start draws new pairs instead of replaying the first run's);
+    # a resumed one continues the checkpoint's generators.
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank + 1_000_003 * start)
+    rng = np.random.default_rng([config.seed, rank, start])
+    if resumed is not None:
+        if not restore_sampling_state(resumed.get("sampling_state"), rank, world, rng, generator):
+            logger.info("%s holds no sampling state for %d rank(s) (older checkpoint or another world size): the "
+                        "samplers are re-seeded from step %d", last, world, start)
+        if scaler.is_enabled():
+            if resumed.get("grad_scaler"):
+                scaler.load_state_dict(resumed["grad_scaler"])
+            else:
+                logger.info("%s holds no gradient-scaler state: the AMP loss scale starts afresh", last)
     manifest = data_manifest(dataset)
     topics = topics_metadata(config.topics)
     log_path = out / "log.csv"
     fields = ["step", "lr", "total", "coarse", "topic", "fine1", "fine2", "subpixel", "n_coarse_gt", "seconds"]
-    if rank == 0 and not log_path.exists():
-        with log_path.open("w", newline="") as fh:
-            csv.writer(fh).writerow(fields)
-    rng = np.random.default_rng([config.seed, rank, start])
+    if rank == 0:
+        dropped = trim_log(log_path, start)
+        if dropped:
+            logger.info("dropped %d row(s) of %s logged after step %d", dropped, log_path, start)
+        if not log_path.exists() or not log_path.read_text().strip():
+            with log_path.open("w", newline="") as fh:
+                csv.writer(fh).writerow(fields)
     t0 = time.time() - elapsed
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, disable=rank != 0, desc="train")
     for step in bar:
@@ -233,16 +345,21 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
         indices = rng.integers(0, len(dataset), size=config.batch_size)
         batch = {k: v.to(device) for k, v in collate_pairs([dataset[int(i)] for i in indices]).items()}
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            losses = training_step(
-                net.module if distributed else net, batch, config.loss, generator,
-                config.coarse_samples, config.level2_samples,
-            )
+            losses = training_step(model, batch, config.loss, generator, config.coarse_samples, config.level2_samples)
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(losses["total"]).backward()
+        if distributed:
+            average_gradients(model.parameters())  # before unscaling: every rank clips and steps the same gradients
         scaler.unscale_(optimiser)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         scaler.step(optimiser)
         scaler.update()
+        checkpoint_due = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps
+        states = [sampling_state(rng, generator)] if checkpoint_due else []
+        if checkpoint_due and distributed:
+            gathered: list[Any] = [None] * world
+            torch.distributed.all_gather_object(gathered, states[0])  # every rank takes part
+            states = gathered
         if rank != 0:
             continue
         bar.set_postfix(loss=f"{float(losses['total'].detach()):.3f}")
@@ -251,10 +368,12 @@ def train(config: TrainConfig, resume: bool = True) -> Path:
                 row = [step + 1, optimiser.param_groups[0]["lr"]]
                 row += [round(float(losses[k].detach()), 5) for k in fields[2:-1]] + [round(time.time() - t0, 1)]
                 csv.writer(fh).writerow(row)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+        if checkpoint_due:
             extra = {
                 "train_config": json.loads(json.dumps(config.to_dict())),
                 "optimizer": optimiser.state_dict(),
+                "grad_scaler": scaler.state_dict(),
+                "sampling_state": {"world_size": world, "ranks": states},
                 "step": step + 1,
                 "wall_seconds": time.time() - t0,
                 "data_manifest": manifest,
