@@ -162,7 +162,16 @@ def card_text(payload: dict[str, Any], log: dict[str, list[float]], reports: lis
         "pooled tuning queries against stage 4's 51 of 56, but on the dev reports' queries (`edge-bench`, same "
         "sitting, `benchmarks/results/2026-12-06_cpu_stage9`) SJER R@1 / mIoU 58.3 / 46.1 % against 66.7 / 54.4 "
         "(fp16 45.8 / 37.3 against 66.7 / 50.8), NAIP 25.0 / 19.1 against 25.0 / 20.0, and none of the 12 Brighton "
-        "frames located against 3 (their refined fits fell from 130-143 inliers to 34-44): not released.",
+        "frames located against 3 (their refined fits fell from 130-143 inliers to 34-44): not released."
+        " Stage 10 `configs/train_cpu_stage10.yaml` (warm start from the released stage 4 with its mixture after the "
+        "training-pipeline fixes of 2026-12-06: every sample of the weighted mixture reachable, sub-pixel targets "
+        "within reach only, negatives per pair; constant lr 1e-4, 9,200 steps to 32000 in 57 min, its last 11 "
+        "snapshots averaged) kept 53 right fixes of 54 on the 132 pooled tuning queries with the release's thresholds"
+        " (rule 64 / 82) against stage 4's 51 of 56, but through the vehicle on the dev reports' queries "
+        "(`benchmarks/results/2026-12-06_cpu_stage10`) SJER R@1 / mIoU 41.7 / 26.7 % against 66.7 / 54.4, NAIP 20.0 /"
+        " 16.2 against 25.0 / 20.0 and 1 Brighton frame against 3: not released. Better tuning numbers with worse "
+        "report numbers twice (stages 9 and 10) on the same ground say that a few dozen queries per checkpoint are "
+        "too noisy to rank checkpoints this close.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
         + (f", chosen by `python -m topicgeo.eval.tune` (retrieval R@1 by coarse threshold on "
