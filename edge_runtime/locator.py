@@ -1037,7 +1037,8 @@ class Locator:
                                  "ground_centre_lonlat": lonlat[0].tolist(),
                                  "position": "frame centre ground point (nadir assumption)"}
         if camera is not None:
-            altitude = altitude_from_scale(map_px_per_frame_px, gsd, frame_camera(camera))
+            seen_by = frame_camera(camera)
+            altitude = altitude_from_scale(map_px_per_frame_px, gsd, seen_by)
             # A gimbal's roll and pitch, the fit's heading and its scale place the camera. Not the 6-DoF PnP pose:
             # over flat ground with matches in part of the frame its tilt trades off against its translation
             # (Brighton Beach, gimbal at -89.9 degrees: PnP found a 54 degree roll and a camera 40 m from the SfM
@@ -1047,7 +1048,7 @@ class Locator:
             if camera_px is not None:
                 extra["position"] = "camera centre (attitude prior, fitted heading and scale)"
                 attitude = (float(priors.roll_deg), float(priors.pitch_deg), float(heading))
-            elif (found := self._camera_pose(in_f, in_r, entry, frame_camera(camera))) is not None:
+            elif (found := self._camera_pose(in_f, in_r, entry, seen_by)) is not None:
                 pose, camera_px = found
                 altitude = float(pose.altitude_agl_m)
                 attitude = (float(pose.roll_deg), float(pose.pitch_deg), float(pose.yaw_deg))
@@ -1116,11 +1117,16 @@ def rectified_for_matching(camera: Any) -> Any:
     principal point, at the frame's size."""
     from calibration.camera_info import CameraInfo
 
-    P = np.asarray(camera.P, np.float64)
-    f = math.sqrt(P[0, 0] * P[1, 1])
-    square = np.array([[f, 0.0, P[0, 2], 0.0], [0.0, f, P[1, 2], 0.0], [0.0, 0.0, 1.0, 0.0]])
+    square = np.hstack([_square_pixel_matrix(camera), np.zeros((3, 1))])
     return CameraInfo(camera.width, camera.height, camera.K, camera.D, camera.distortion_model, camera.R, square,
                       camera.camera_name)
+
+
+def _square_pixel_matrix(camera: Any) -> np.ndarray:
+    """``(3, 3)``: ``f = sqrt(fx' fy')`` of the rectified image's ``P`` at ``P``'s principal point."""
+    P = np.asarray(camera.P, np.float64)
+    f = math.sqrt(P[0, 0] * P[1, 1])
+    return np.array([[f, 0.0, P[0, 2]], [0.0, f, P[1, 2]], [0.0, 0.0, 1.0]])
 
 
 def frame_camera(camera: Any) -> Any:
@@ -1131,8 +1137,8 @@ def frame_camera(camera: Any) -> Any:
         return camera
     from calibration.camera_info import CameraInfo
 
-    return CameraInfo(camera.width, camera.height, rectified_for_matching(camera).P[:3, :3], np.zeros(5),
-                      "plumb_bob", camera_name=camera.camera_name)
+    return CameraInfo(camera.width, camera.height, _square_pixel_matrix(camera), np.zeros(5), "plumb_bob",
+                      camera_name=camera.camera_name)
 
 
 def altitude_from_scale(map_px_per_frame_px: float, map_gsd_m: float, camera: Any) -> float:

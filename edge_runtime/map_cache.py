@@ -121,16 +121,28 @@ def metres_per_pixel(transform: Sequence[float], crs_wkt: str, at_px: Sequence[f
     Raises:
         MapCacheError: the CRS cannot be converted to latitude/longitude, or the step is not finite.
     """
-    from pyproj import CRS, Geod
+    from pyproj import CRS
     from pyproj.exceptions import CRSError, ProjError
 
-    x, y = (float(v) for v in at_px)
-    matrix = pixel_to_world_affine(transform)
-    pts = apply_affine(matrix, np.array([[x, y], [x + 1.0, y], [x, y + 1.0]]))
+    steps = _pixel_steps(at_px)
     try:
-        lonlat = _to_lonlat(CRS.from_wkt(crs_wkt), pts)
+        lonlat = _to_lonlat(CRS.from_wkt(crs_wkt), apply_affine(pixel_to_world_affine(transform), steps))
     except (CRSError, ProjError) as exc:
         raise MapCacheError(f"CRS cannot be converted to latitude/longitude: {exc}") from exc
+    return _ground_metric(lonlat, at_px)
+
+
+def _pixel_steps(at_px: Sequence[float]) -> np.ndarray:
+    """``(3, 2)``: pixel ``at_px`` and one step from it in x and in y."""
+    x, y = (float(v) for v in at_px)
+    return np.array([[x, y], [x + 1.0, y], [x, y + 1.0]])
+
+
+def _ground_metric(lonlat: np.ndarray, at_px: Sequence[float]) -> np.ndarray:
+    """:func:`metres_per_pixel` from the ``(3, 2)`` lon/lat of :func:`_pixel_steps`: WGS84 geodesics from the first
+    point to the two others, as (east, north) columns."""
+    from pyproj import Geod
+
     geod = Geod(ellps="WGS84")
     cols = []
     for k in (1, 2):
@@ -139,7 +151,7 @@ def metres_per_pixel(transform: Sequence[float], crs_wkt: str, at_px: Sequence[f
         cols.append((dist * math.sin(a), dist * math.cos(a)))
     jac = np.array(cols, dtype=np.float64).T
     if not np.all(np.isfinite(jac)):
-        raise MapCacheError(f"no ground metric at pixel {at_px}: the CRS gives non-finite coordinates there")
+        raise MapCacheError(f"no ground metric at pixel {tuple(at_px)}: the CRS gives non-finite coordinates there")
     return jac
 
 
@@ -224,7 +236,7 @@ class MapGeoref:
         (:func:`metres_per_pixel`; a map placed with ``--gsd`` only is its own local metric east/north frame)."""
         if self.crs_wkt is None:
             return self.pixel_to_world[:2, :2].copy()
-        return metres_per_pixel(self.transform, self.crs_wkt, at_px)
+        return _ground_metric(self.pixels_to_lonlat(_pixel_steps(at_px)), at_px)  # this map's cached transformer
 
     @cached_property
     def _transformers(self) -> tuple[Any, Any]:
@@ -539,8 +551,9 @@ def zoom_expand(image: np.ndarray, valid: np.ndarray, factor: int) -> tuple[np.n
     return np.where(out_valid[..., None], out, 0).astype(np.uint8), out_valid
 
 
-def zoom_matrix(factor: int) -> np.ndarray:
-    """``(3, 3)`` map from pixels of a raster to pixels of its ``factor`` x magnification (:func:`zoom_expand`)."""
+def zoom_matrix(factor: float) -> np.ndarray:
+    """``(3, 3)`` map from pixels of a raster to pixels of its ``factor`` x magnification (:func:`zoom_expand`;
+    pixel ``u`` goes to ``f u + (f - 1) / 2``, pixel centres aligned, for any factor > 0)."""
     f = float(factor)
     return np.array([[f, 0.0, (f - 1.0) / 2.0], [0.0, f, (f - 1.0) / 2.0], [0.0, 0.0, 1.0]])
 
@@ -765,8 +778,7 @@ class CachedMap:
         """``(3, 3)`` float64 affine from this entry's pixel-centre coordinates to the base map's (identity for a
         native entry): pixel ``u`` of a level of scale ``f`` (:attr:`scale`) is centred on base pixel
         ``f u + (f - 1) / 2``."""
-        f = float(self.scale)
-        return np.array([[f, 0.0, (f - 1.0) / 2.0], [0.0, f, (f - 1.0) / 2.0], [0.0, 0.0, 1.0]])
+        return zoom_matrix(self.scale)  # the same pixel-centre scaling, by base px per entry px
 
     def encoded_tiles(self) -> np.ndarray:
         """``(K,)`` int64 indices of the tiles with at least one valid cell."""

@@ -64,32 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"bundle written: {out}")
-    missing = engines_missing(out)
+    status = engines_status(out)
+    missing = engines_missing(status)
     if missing and not args.no_engines:
         print(f"edge-export: warning: no TensorRT engine for {', '.join(missing)} (see engines_status in "
-              f"{out / 'manifest.json'}): {missing_reason(out)}", file=sys.stderr)
+              f"{out / 'manifest.json'}): {status.get('reason') or 'unknown'}", file=sys.stderr)
     return 0
 
 
-def _engines_status(bundle: Path) -> dict[str, Any]:
+def engines_status(bundle: Path) -> dict[str, Any]:
+    """``engines_status`` of a written bundle's manifest (``{}`` when absent)."""
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     status = manifest.get("engines_status") or {}
     return status if isinstance(status, dict) else {}
 
 
-def engines_missing(bundle: Path) -> list[str]:
-    """Graphs of a written bundle without a TensorRT engine, from its ``engines_status`` (all graphs when none was
-    built)."""
-    status = _engines_status(bundle)
+def engines_missing(status: dict[str, Any]) -> list[str]:
+    """Graphs without a TensorRT engine, from a bundle's ``engines_status`` (all graphs when none was built)."""
     graphs = status.get("graphs")
     if isinstance(graphs, dict):
         return [g for g, st in graphs.items() if not (isinstance(st, dict) and st.get("built"))]
     return [] if status.get("built") else ["all graphs"]
-
-
-def missing_reason(bundle: Path) -> str:
-    """``engines_status.reason`` of a written bundle."""
-    return str(_engines_status(bundle).get("reason") or "unknown")
 
 
 if __name__ == "__main__":

@@ -161,10 +161,9 @@ class BuildConfig:
         if self.alpha_band is not None and self.alpha_band != "auto" and (
                 not isinstance(self.alpha_band, int) or self.alpha_band < 1):
             raise ValueError(f"alpha_band must be 'auto', None or a 1-based band index, got {self.alpha_band!r}")
-        if any(int(f) != f or f < 2 for f in self.overviews) or list(self.overviews) != sorted(set(self.overviews)):
-            raise ValueError(f"overviews must be increasing integer factors >= 2, got {self.overviews}")
-        if any(int(f) != f or f < 2 for f in self.zooms) or list(self.zooms) != sorted(set(self.zooms)):
-            raise ValueError(f"zooms must be increasing integer factors >= 2, got {self.zooms}")
+        for name, factors in (("overviews", self.overviews), ("zooms", self.zooms)):
+            if any(int(f) != f or f < 2 for f in factors) or list(factors) != sorted(set(factors)):
+                raise ValueError(f"{name} must be increasing integer factors >= 2, got {factors}")
         if self.zoom_max_pixels < 1:
             raise ValueError(f"zoom_max_pixels must be >= 1, got {self.zoom_max_pixels}")
 
@@ -201,16 +200,17 @@ class MapPlan:
 
     def overview(self, factor: int, encoder: EncoderSpec, overlap: float) -> MapPlan:
         """The plan of this map's overview level decimated by ``factor``."""
-        georef = self.georef.overview(factor)
-        return replace(self, map_id=f"{self.map_id}@{factor}x", georef=georef, base_id=self.map_id,
-                       read_spec=replace(self.read_spec, overview=factor),
-                       grid=make_grid(georef.width, georef.height, encoder.tile_size, overlap, encoder.cell))
+        return self._level(f"@{factor}x", self.georef.overview(factor), replace(self.read_spec, overview=factor),
+                           encoder, overlap)
 
     def zoom(self, factor: int, encoder: EncoderSpec, overlap: float) -> MapPlan:
         """The plan of this map's zoom-in level magnified by ``factor``."""
-        georef = self.georef.zoom(factor)
-        return replace(self, map_id=f"{self.map_id}@zoom{factor}", georef=georef, base_id=self.map_id,
-                       read_spec=replace(self.read_spec, zoom=factor),
+        return self._level(f"@zoom{factor}", self.georef.zoom(factor), replace(self.read_spec, zoom=factor),
+                           encoder, overlap)
+
+    def _level(self, suffix: str, georef: MapGeoref, read_spec: RasterReadSpec, encoder: EncoderSpec,
+               overlap: float) -> MapPlan:
+        return replace(self, map_id=f"{self.map_id}{suffix}", georef=georef, base_id=self.map_id, read_spec=read_spec,
                        grid=make_grid(georef.width, georef.height, encoder.tile_size, overlap, encoder.cell))
 
     def files(self) -> dict[str, str]:

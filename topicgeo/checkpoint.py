@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from edge_runtime import atomic
+from edge_runtime.atomic import atomic_write_bytes
 from topicgeo.config import TopicGeoConfig
 from topicgeo.model.topicgeo import TopicGeo
 
@@ -35,16 +35,12 @@ def prompt_hash(prompts: torch.Tensor) -> str:
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` ``obj`` to ``path`` so that a crash or power loss leaves the old file or the complete new one.
 
-    The payload is serialised in memory, written to a temp file in the target folder and fsynced before the rename
-    (:func:`edge_runtime.atomic.atomic_write_bytes`); the folder is fsynced after it, so the rename itself survives.
+    The payload is serialised in memory and written by :func:`edge_runtime.atomic.atomic_write_bytes` (a temp file in
+    the target folder fsynced before the rename, the folder fsynced after it, so the rename itself survives).
     """
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic.atomic_write_bytes(path, buffer.getvalue())
-    fsync_directory = getattr(atomic, "fsync_directory", None)
-    if fsync_directory is not None:
-        fsync_directory(path.parent)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def save_checkpoint(path: Path, model: TopicGeo, extra: dict[str, Any] | None = None, half: bool = False) -> None:

@@ -392,7 +392,8 @@ class Service:
     def _on_telemetry(self, payload: bytes, retained: bool, properties: dict[str, str]) -> None:
         """Keep a telemetry sample (MQTT network thread). A retained message is ignored: the broker delivers it on
         every (re)connect, possibly hours old. A sample whose own time ``t`` is older than ``telemetry.max_age_s``
-        by this machine's clock is a ``telemetry_error`` (the two clocks must be synchronised, e.g. chrony)."""
+        plus :data:`~edge_runtime.service.telemetry.CLOCK_SKEW_S` by this machine's clock is a ``telemetry_error``
+        (the two clocks must be synchronised, e.g. chrony)."""
         assert self.telemetry is not None
         if retained:
             logger.info("ignoring a retained telemetry message on %s (it may be old; waiting for a live one)",

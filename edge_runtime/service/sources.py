@@ -105,7 +105,7 @@ class FrameSource(ABC):
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the source to stop and wait for its thread."""
-        self._stop.set()
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         self._close()
