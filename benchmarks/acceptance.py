@@ -17,10 +17,12 @@ precision).
 
 Which queries: a network that has memorised its training plots places nearly every training query right with a
 handful of inliers, so calibrating there picks the loosest rule. The release therefore calibrates on the dev splits
-with the queries of seeds 1, 2 and 3 pooled (evaluation.md: tune on dev data only), disjoint draws from the seed-0
-queries its dev reports use; seed 0 on a dev split is refused.
+with the queries of seeds 1 to 6 pooled (264 queries; evaluation.md: tune on dev data only), disjoint draws from the
+seed-0 queries its dev reports use; seed 0 on a dev split is refused. Six seeds, not three: the rule chosen on seeds
+1-3 (132 queries, 63 refined / 79 first-pass inliers, 91 % precision there) kept only 53 right fixes of 66 (80 %) on
+the 132 queries of seeds 4-6 with the stage-4 weights; pooled, the rule (83 / 81) holds 90 % over all 264.
 
-    python -m benchmarks.acceptance --bundle B --data ../shared/data --seed 1,2,3 --out topicgeo/assets/acceptance.json
+    python -m benchmarks.acceptance --bundle B --data ../shared/data --out topicgeo/assets/acceptance.json
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ SJER_DEV_SPLIT = REPO / "topicgeo" / "splits" / "sjer_dev.txt"
 NAIP_SPLIT = REPO / "topicgeo" / "splits" / "naip.json"
 FLOOR = 4  # a homography needs 4 matches: the smallest rule there is
 NEVER_ACCEPT = 10**9
+CALIBRATION_SEEDS = (1, 2, 3, 4, 5, 6)  # pooled dev queries of these protocol seeds (the reports draw seed 0)
 
 
 def _per_query(values: Sequence[Any], dtype: type) -> list[np.ndarray]:
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naip-split", type=Path, default=NAIP_SPLIT,
                         help="NAIP split whose dev pair(s) to calibrate on too")
     parser.add_argument("--suites", default="sjer,naip", help="comma-separated: sjer, naip")
-    parser.add_argument("--seed", type=seed_list, default=[1, 2, 3],
+    parser.add_argument("--seed", type=seed_list, default=list(CALIBRATION_SEEDS),
                         help="protocol seed(s), comma-separated; their queries are pooled")
     parser.add_argument("--target-precision", type=float, default=0.9)
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,

@@ -177,7 +177,8 @@ class Recorder:
         self.frames[name]["std_m"] = msg["std_m"]["east"]
         err_text = f"{err:7.2f} m" if err is not None else "no ground truth"
         print(f"pose    {name:<13} {lat:12.7f} {lon:13.7f}  on {msg['map_id']:<20} error {err_text} "
-              f"(claimed std {msg['std_m']['east']:.2f} m, {latency:.0f} ms)", flush=True)
+              f"(claimed std {msg['std_m']['east']:.2f} m, locate {latency:.0f} ms, end to end "
+              f"{msg['latency_ms'].get('end_to_end', float('nan')):.0f} ms)", flush=True)
 
     def _status(self, msg: dict[str, Any]) -> None:
         event = msg["event"]
@@ -225,7 +226,9 @@ def via_service(bundle: Path, cache: Path, out: Path, prefer: str) -> int:
     try:
         config = {
             "vehicle_id": VEHICLE, "bundle_dir": str(bundle), "cache_dir": str(cache), "log_level": "WARNING",
-            "source": {"kind": "image_folder", "path": str(DATA / "frames"), "rate_fps": 0, "loop": False},
+            # replayed at 2 fps, a camera's pace: as fast as they can be read, the frames would wait in the queue
+            # behind each other and their published end-to-end latency would measure the replay, not the service
+            "source": {"kind": "image_folder", "path": str(DATA / "frames"), "rate_fps": 2, "loop": False},
             "telemetry": {"kind": "exif", "exif_utc_offset_h": -5},
             # the Phantom 3's EXIF has no DJI CalibratedFocalLength: its 1/2.3" sensor is 6.17 mm wide
             "camera": {"from_exif": True, "sensor_width_mm": 6.17},
@@ -267,6 +270,7 @@ def via_service(bundle: Path, cache: Path, out: Path, prefer: str) -> int:
     poses = [m for m in messages if m["topic"].endswith("/pose")]
     errors = [r["error_m"] for r in records if r["outcome"] == "pose" and r["error_m"] is not None]
     latencies = [r["latency_ms"] for r in records if r.get("latency_ms") is not None]
+    ends = [r["end_to_end_ms"] for r in records if r.get("end_to_end_ms") is not None]  # poses only
     names = {p.name for p in frames}
     picture = False
     try:
@@ -283,6 +287,7 @@ def via_service(bundle: Path, cache: Path, out: Path, prefer: str) -> int:
         "median_error_m": round(float(np.median(errors)), 2) if errors else None,
         "max_error_m": round(float(np.max(errors)), 2) if errors else None,
         "median_latency_ms": round(float(np.median(latencies)), 1) if latencies else None,
+        "median_end_to_end_ms": round(float(np.median(ends)), 1) if ends else None,
         "wall_s": round(wall_s, 1) if math.isfinite(wall_s) else None, "ok": not failures,
     }
     print(json.dumps(summary), flush=True)

@@ -3,7 +3,7 @@
 # thresholds on the dev plots with the queries of seeds 1-3 (evaluation.md: tune on dev data only; the training plots are
 # memorised by now, so they favour rules too strict or too loose for unseen ground), write the fp16 checkpoint,
 # calibrate the vehicle's acceptance rule (min_inliers for the locator's refinement pass, min_first_pass_inliers for its
-# first fit) on dev queries of the same seeds (SJER plots and the NAIP dev pair) through an exported bundle,
+# first fit) on dev queries of seeds 1-6 (SJER plots and the NAIP dev pair, 264 queries) through an exported bundle,
 # evaluate on the dev splits with the reports' seed-0 queries (evaluation.md protocol; with and without
 # the quarter-turn search of the vehicle) and write the model card with those numbers.
 #   bash scripts/release_reference.sh [RUN_DIR] [DATA_ROOT]     (defaults: runs/cpu_stage4 ../shared/data)
@@ -16,6 +16,8 @@ ASSETS=topicgeo/assets
 LEVEL2=128  # level-1 matches refined at level 2: on the SJER dev queries 128 kept the mIoU of 256 at 0.7x the fine time
 TUNE_SPLIT=topicgeo/splits/sjer_dev.txt
 TUNE_SEED=1,2,3  # pooled, 72 queries (one seed's 24 proved too noisy); the dev reports below draw seed 0
+# the acceptance rule: 264 pooled queries (a rule chosen on seeds 1-3 held 80 % precision on seeds 4-6, not 90 %)
+ACCEPT_SEED=1,2,3,4,5,6
 python -m topicgeo.eval.tune --checkpoint "$RUN/last.pt" --split "$TUNE_SPLIT" --seed "$TUNE_SEED" --data-root "$DATA" \
   --out "$ASSETS/tune_threshold.json"
 # COARSE_THRESHOLD / FINE_THRESHOLD override the tuned values (the tuning's retrieval R@1 on 72 queries is noisy; e.g.
@@ -29,7 +31,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 python -m export.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --precision fp32 --query-size 512 --tile-size 512 \
   --out "$WORK/bundle" --no-engines > /dev/null
-python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --split "$TUNE_SPLIT" --seed "$TUNE_SEED" \
+python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --split "$TUNE_SPLIT" --seed "$ACCEPT_SEED" \
   --suites sjer,naip --out "$ASSETS/acceptance.json"
 MIN_INLIERS=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_inliers'])")
 FIRST=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_first_pass_inliers'] or '')")

@@ -6,13 +6,13 @@ the SfM camera positions; a frame turned by 90/180/270 degrees (no yaw prior: th
 lands on the same position; a frame of somewhere else is reported as not located instead of being placed.
 
 The committed CPU reference checkpoint does NOT reach the first two yet (measured 2026-12-06 with the stage-4
-checkpoint, step 22800, the refinement pass, three hypotheses per frame, rules 63 refined / 79 first-pass inliers, and
-the 0.1 m point-cloud orthophoto matched on its 0.2 m overview level): of the six bundled frames two get a fix,
-DJI_0033 1.5 m and DJI_0030 15 m from the SfM position (on the twelve full-size frames of ``edge-bench``: 3 of 12,
-1.5-1.8 m); the others stay below the rules. An SJER plot and a NAIP crop are not placed on
-the Brighton maps, so that test runs unmarked. The others are strict xfails: they run the whole vehicle path and fail
-loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's targets (every frame,
-median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
+checkpoint, step 22800, the refinement pass, three hypotheses per frame, rules 83 refined / 81 first-pass inliers, and
+the 0.1 m point-cloud orthophoto matched on its 0.2 m overview level): of the six bundled frames one gets a fix,
+DJI_0033 1.5 m from the SfM position (the rules chosen on three seeds, 63 / 79, also placed DJI_0030 15 m off; on the
+twelve full-size frames of ``edge-bench``: 3 of 12, 1.5-1.8 m); the others stay below the rules. An SJER plot and a NAIP
+crop are not placed on the Brighton maps, so that test runs unmarked. The others are strict xfails: they run the whole
+vehicle path and fail loudly (XPASS) the day a checkpoint meets them, so the marks must then be removed. The issue's
+targets (every frame, median <= 1 m) are measured by ``scripts/demo_brighton.py`` and ``edge-bench``.
 """
 
 from __future__ import annotations
