@@ -2,9 +2,10 @@
 
 Methods (each its own process on the same image files, parsed through the ``edge-locate --json`` contract):
 
-- ``topicgeo-fp32`` / ``topicgeo-fp16``: ``edge-locate`` with ONNX Runtime (CPU) on bundles exported from the
-  checkpoint (``edge-export``), on caches built by ``edge-maps build``; ``topicgeo-trt`` (TensorRT) is added when a GPU
-  and the ``tensorrt`` package are present.
+- ``topicgeo-fp32`` / ``topicgeo-fp16``: ``edge-locate`` with ONNX Runtime (CPU) on bundles exported from the checkpoint
+  (``edge-export``), on caches built by ``edge-maps build``; ``topicgeo-fp16`` with ``--precision fp16`` (an FP16 bundle
+  otherwise runs its FP32 graphs on the CPU, the same numbers as ``topicgeo-fp32``); ``topicgeo-trt`` (TensorRT) is
+  added when a GPU and the ``tensorrt`` package are present.
 - ``sift``, ``xfeat``, ``xfeat-lg``: peers with SUPP's baseline treatment (maps cut into tiles with 25 % area overlap,
   retrieval by RANSAC inliers; :mod:`benchmarks.peers`).
 - ``loftr``: kornia LoFTR, randomly initialised (no pretrained weights can be fetched here): speed only, per
@@ -266,6 +267,12 @@ class Bench:
             self.bundles[key] = out
         return self.bundles[key]
 
+    @staticmethod
+    def _precision_args(method: str) -> list[str]:
+        """``topicgeo-fp16`` runs the FP16 graphs on ONNX Runtime's CPU kernels (the FP16 numerics a GPU runs, at
+        CPU speed); without the flag an FP16 bundle runs its FP32 graphs on the CPU, as ``topicgeo-fp32``."""
+        return ["--precision", "fp16"] if method == "topicgeo-fp16" else []
+
     def cache(self, method: str, maps: tuple[Path, ...]) -> tuple[Path, float]:
         """A cache of ``maps`` for the method's bundle (built once per bundle and map set) and its build time."""
         bundle = self.bundle(method)
@@ -273,7 +280,7 @@ class Bench:
         if key not in self.caches:
             out = self.work / "caches" / f"{bundle.name}_{len(self.caches):02d}"
             cmd = self._py("maps.cli", "build", "--bundle", str(bundle), "--out", str(out), "--no-progress", "--json",
-                           "--overwrite")
+                           "--overwrite", *self._precision_args(method))
             for m in maps:
                 cmd += ["--map", str(m)]
             if self.config.zooms is not None:
@@ -289,7 +296,7 @@ class Bench:
         if method in PROJECT_METHODS:
             cache, build_s = self.cache(method, maps)
             cmd = self._py("edge_runtime.locate_cli", "--bundle", str(self.bundle(method)), "--cache", str(cache),
-                           "--json")
+                           "--json", *self._precision_args(method))
             if self.config.sequence:
                 cmd.append("--sequence")
             if method == "topicgeo-trt":

@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                              "calibrated one (their frames then get no altitude scale prior)")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--allow-fallback", action="store_true", help="fall back to ONNX Runtime if TensorRT fails")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16"],
+                        help="ONNX graphs ONNX Runtime runs (auto: FP32 on the CPU, which every bundle holds; an "
+                        "FP16 bundle's FP16 graphs are for GPUs)")
     parser.add_argument("--verify-candidates", type=int, default=LocatorConfig.verify_candidates,
                         help="retrieval hypotheses the fine stage may verify per frame (best first, until one is "
                              "accepted; default %(default)s)")
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
         camera = read_camera_info(args.calibration)
     try:
-        config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback),
+        config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback,
+                                                     precision=args.precision),
                                verify_candidates=args.verify_candidates, refine=args.refine,
                                temporal_prior=args.sequence,
                                verify=not args.no_verify)

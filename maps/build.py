@@ -38,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_runtime.atomic import atomic_write_bytes, replace_directory, sha256_file
-from edge_runtime.backends import BackendChoice, InferenceBackend, open_graph
+from edge_runtime.backends import BackendChoice, InferenceBackend, onnx_precision, open_graph
 from edge_runtime.bundle import Bundle, open_bundle
 from edge_runtime.map_cache import (
     ARRAY_NAMES,
@@ -87,6 +87,8 @@ class BuildConfig:
         backend: ``onnxruntime`` or ``tensorrt``.
         device: ``cpu`` or ``cuda`` (ONNX Runtime).
         threads: ONNX Runtime intra-op threads (0 = library default).
+        precision: the encoder graph ONNX Runtime runs (:attr:`edge_runtime.backends.BackendChoice.precision`;
+            ``auto``: FP32 on the CPU, the bundle's precision on CUDA). The cache records the one used.
         gsd: ground sample distance in metres for images without a CRS (alone: a local metric frame, no lat/lon).
         bounds: ``(west, south, east, north)`` of images without a CRS, in ``bounds_crs``.
         bounds_crs: CRS of ``bounds`` (any pyproj input, default WGS84 lon/lat).
@@ -122,6 +124,7 @@ class BuildConfig:
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
     device: Literal["cpu", "cuda"] = "cpu"
     threads: int = 0
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
     gsd: float | None = None
     bounds: tuple[float, float, float, float] | None = None
     bounds_crs: str = "EPSG:4326"
@@ -169,7 +172,8 @@ class BuildConfig:
 
     def backend_choice(self) -> BackendChoice:
         """The backend the encoder runs on."""
-        return BackendChoice(backend=self.backend, device=self.device, allow_fallback=False, threads=self.threads)
+        return BackendChoice(backend=self.backend, device=self.device, allow_fallback=False, threads=self.threads,
+                             precision=self.precision)
 
 
 @dataclass(frozen=True)
@@ -447,7 +451,7 @@ def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, pla
             "manifest_sha256": sha256_file(Path(bundle.root) / "manifest.json"),
             "encoder_sha256": encoder_sha256(bundle),
             "encoder_backend": f"{config.backend}:{config.device}",  # a resumed build keeps one engine's features
-            "precision": bundle.precision,
+            "precision": encoder_precision(bundle, config.backend_choice()),  # of the features, as computed
             "tile_size": encoder.tile_size,
             "coarse_stride": encoder.cell,
             "coarse_dim": encoder.coarse_dim,
@@ -463,6 +467,12 @@ def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, pla
         "maps": [p.record() for p in plans],
     }
     return json.loads(json.dumps(doc))
+
+
+def encoder_precision(bundle: Bundle, choice: BackendChoice) -> str:
+    """The precision the tile encoder computes in: TensorRT's engines are the bundle's, ONNX Runtime's graph is
+    :func:`~edge_runtime.backends.onnx_precision`'s."""
+    return bundle.precision if choice.backend == "tensorrt" else onnx_precision(bundle, choice)
 
 
 # -- encoding ------------------------------------------------------------------------------------------------------

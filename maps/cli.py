@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tiles-per-task", type=int, default=4, help="tiles per Ray task (default 4)")
     b.add_argument("--backend", choices=("onnxruntime", "tensorrt"), default="onnxruntime")
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    b.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
+                   help="ONNX graphs the encoder runs (auto: FP32 on the CPU, the bundle's precision on CUDA)")
     b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = default)")
     b.add_argument("--gsd", type=float, default=None, help="metres per pixel of an image without a CRS "
                    "(alone: a local metric frame without lat/lon)")
@@ -116,6 +118,7 @@ def _build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         overlap=args.overlap, tile_size=args.tile_size, min_valid_fraction=args.min_valid, executor=args.executor,
         ray_address=args.ray_address, tiles_per_task=args.tiles_per_task, backend=args.backend, device=args.device,
+        precision=args.precision,
         threads=args.threads, gsd=args.gsd, bounds=tuple(args.bounds) if args.bounds else None,
         bounds_crs=args.bounds_crs, nodata=args.nodata, bands=tuple(args.bands) if args.bands else None,
         alpha_band=args.alpha_band, overviews=args.overviews, zooms=args.zooms, overwrite=args.overwrite,

@@ -32,9 +32,10 @@ def require_ray() -> None:
                         "or use --executor local")
 
 
-def _encoder_session(bundle_root: str, bundle_id: str, backend: str, device: str, threads: int) -> Any:
+def _encoder_session(bundle_root: str, bundle_id: str, backend: str, device: str, threads: int,
+                     precision: str = "auto") -> Any:
     """This worker process's encoder backend for a bundle (opened and verified once per process)."""
-    key = (bundle_root, bundle_id, backend, device, threads)
+    key = (bundle_root, bundle_id, backend, device, threads, precision)
     if key not in _SESSIONS:
         from edge_runtime.backends import BackendChoice, open_graph
         from edge_runtime.bundle import open_bundle
@@ -43,7 +44,8 @@ def _encoder_session(bundle_root: str, bundle_id: str, backend: str, device: str
         if bundle.bundle_id != bundle_id:
             raise MapsError(f"Ray worker on {os.uname().nodename}: bundle at {bundle_root} is {bundle.bundle_id}, "
                             f"the driver uses {bundle_id}")
-        choice = BackendChoice(backend=backend, device=device, allow_fallback=False, threads=threads)  # type: ignore[arg-type]
+        choice = BackendChoice(backend=backend, device=device, allow_fallback=False, threads=threads,  # type: ignore[arg-type]
+                               precision=precision)  # type: ignore[arg-type]
         _SESSIONS[key] = open_graph(bundle, "encoder_tile", choice).backend
     return _SESSIONS[key]
 
@@ -59,6 +61,7 @@ def encode_chunk(
     tiles: list[tuple[int, int, int]],
     encoder: EncoderSpec,
     min_valid_fraction: float,
+    precision: str = "auto",
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Encode tiles ``(index, x0, y0)`` of one map (runs inside a Ray worker; also callable directly).
 
@@ -68,7 +71,7 @@ def encode_chunk(
     from edge_runtime.map_cache import RasterReadSpec, RasterSource
     from maps.build import encode_tile
 
-    session = _encoder_session(bundle_root, bundle_id, backend, device, threads)
+    session = _encoder_session(bundle_root, bundle_id, backend, device, threads, precision)
     raster = RasterSource(source, RasterReadSpec.from_dict(read_spec))
     try:
         out = []
@@ -122,7 +125,8 @@ class RayRunner:
         try:
             while next_chunk < len(chunks) or pending:
                 while next_chunk < len(chunks) and len(pending) < self.max_in_flight:
-                    pending.append(self._remote.remote(*args, chunks[next_chunk], encoder, min_valid_fraction))
+                    pending.append(self._remote.remote(*args, chunks[next_chunk], encoder, min_valid_fraction,
+                                                       self.config.precision))
                     next_chunk += 1
                 ready, pending = ray.wait(pending, num_returns=1)
                 yield from ray.get(ready[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,9 @@ def test_fp16_onnx_runs_on_cpu_close_to_fp32(fp16_bundle: Path, real_pair) -> No
     bundle = open_bundle(fp16_bundle)
     assert bundle.precision == "fp16"
     feeds = {"image": _chw(query), "cell_valid": np.ones((1, 16), bool)}
-    choice = BackendChoice("onnxruntime")
-    out16 = open_graph(bundle, "encoder_query", choice).backend.run(feeds)
+    backend16 = open_graph(bundle, "encoder_query", BackendChoice("onnxruntime", precision="fp16")).backend
+    assert backend16.precision == "fp16"
+    out16 = backend16.run(feeds)
     from edge_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     entry = bundle.graphs["encoder_query"]
@@ -148,6 +150,35 @@ def test_fp16_onnx_runs_on_cpu_close_to_fp32(fp16_bundle: Path, real_pair) -> No
     for node in norms:
         if node.input[0] in types:
             assert types[node.input[0]] == onnx.TensorProto.FLOAT, node.name
+
+
+@pytest.mark.slow
+def test_onnxruntime_on_the_cpu_runs_fp32_graphs_unless_told(fp16_bundle: Path, tiny_bundle: Path, real_pair,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An FP16 bundle's FP16 graphs are for GPUs: on the CPU, ``precision='auto'`` runs its FP32 graphs (the numbers
+    of an FP32 bundle, logged), ``fp16`` runs the FP16 ones; a precision the bundle lacks, or FP32 asked of FP16
+    TensorRT engines, is an error that says what to do."""
+    bundle = open_bundle(fp16_bundle)
+    feeds = {"image": _chw(real_pair[0]), "cell_valid": np.ones((1, 16), bool)}
+    with caplog.at_level(logging.INFO, logger="edge_runtime.backends"):
+        auto = open_graph(bundle, "encoder_query", BackendChoice()).backend
+    assert auto.precision == "fp32" and "runs the bundle's fp32 graph" in caplog.text
+    forced = open_graph(bundle, "encoder_query", BackendChoice(precision="fp16")).backend
+    assert forced.precision == "fp16" and forced.describe()["precision"] == "fp16"
+    entry = bundle.graphs["encoder_query"]
+    from edge_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    out32 = OnnxRuntimeBackend(bundle.onnx_path("encoder_query", "fp32"), entry.inputs, entry.outputs,
+                               "fp32").run(feeds)
+    got_auto, got16 = auto.run(feeds), forced.run(feeds)
+    np.testing.assert_array_equal(got_auto["coarse"], out32["coarse"])
+    assert 0 < _rel(got16["coarse"], out32["coarse"]) < FP16_RTOL  # really the FP16 graph
+    with pytest.raises(BackendError, match="no fp16 ONNX"):
+        open_graph(open_bundle(tiny_bundle), "encoder_query", BackendChoice(precision="fp16"))
+    with pytest.raises(BackendError, match=r"TensorRT engines of bundle .* are fp16"):
+        open_graph(bundle, "encoder_query", BackendChoice("tensorrt", precision="fp32", allow_fallback=True))
+    with pytest.raises(ValueError, match="precision must be"):
+        BackendChoice(precision="int8")  # type: ignore[arg-type]
 
 
 def _integer_index_paths_are_clean(path: Path) -> list[str]:

@@ -18,7 +18,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio.errors import NotGeoreferencedWarning
 
-from edge_runtime.backends import BackendChoice, open_graph
+from edge_runtime.backends import BackendChoice, BackendError, open_graph
 from edge_runtime.bundle import open_bundle
 from edge_runtime.map_cache import MapCacheError, open_map_cache
 from maps.build import BuildConfig, MapsError, build_cache, work_dir_for
@@ -206,6 +206,28 @@ def test_resume_refuses_another_plan_unless_fresh(tiny_bundle, map_paths, tmp_pa
     summary = build_cache(tiny_bundle, map_paths[:1], out, BuildConfig(overlap=0.25, fresh=True, progress=False))
     assert summary.tiles_resumed == 0 and summary.tiles == 4
     assert json.loads((out / "manifest.json").read_text())["tiling"]["overlap_px"] == 128
+
+
+@pytest.mark.parametrize(("bundle_precision", "choice", "expected"), [
+    ("fp16", BackendChoice(), "fp32"),  # ONNX Runtime on the CPU: the bundle's FP32 graphs
+    ("fp16", BackendChoice(device="cuda"), "fp16"),
+    ("fp16", BackendChoice(precision="fp16"), "fp16"),
+    ("fp16", BackendChoice("tensorrt"), "fp16"),  # engines as built
+    ("fp32", BackendChoice(), "fp32"),
+])
+def test_cache_records_the_precision_its_features_were_computed_in(bundle_precision, choice, expected):
+    from types import SimpleNamespace
+
+    from maps.build import encoder_precision
+
+    assert encoder_precision(SimpleNamespace(precision=bundle_precision), choice) == expected
+
+
+def test_fp16_features_need_an_fp16_bundle(built, tiny_bundle, map_paths, tmp_path):
+    assert json.loads((built[0] / "manifest.json").read_text())["bundle"]["precision"] == "fp32"
+    with pytest.raises(BackendError, match="no fp16 ONNX"):
+        build_cache(tiny_bundle, map_paths[:1], tmp_path / "other", BuildConfig(progress=False, precision="fp16"))
+    assert not (tmp_path / "other").exists()
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------------------

@@ -149,6 +149,11 @@ def test_locator_section_is_parsed_strictly(tmp_path):
         load_all(path, LocatorConfig)
     config = parse_section(LocatorConfig, {"content_scales": [1.0, 0.25], "shortlist": 3}, "locator")
     assert config.content_scales == (1.0, 0.25) and config.shortlist == 3
+    assert config.backend.precision == "auto"  # ONNX Runtime on the CPU: the FP32 graphs
+    config = parse_section(LocatorConfig, {"backend": {"precision": "fp16"}}, "locator")
+    assert config.backend.precision == "fp16"
+    with pytest.raises(ConfigError, match=r"locator\.backend\.precision: must be one of 'auto', 'fp32', 'fp16'"):
+        parse_section(LocatorConfig, {"backend": {"precision": "int8"}}, "locator")
 
 
 def test_the_service_does_not_import_torch():

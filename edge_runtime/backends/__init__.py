@@ -12,7 +12,7 @@ from edge_runtime.bundle import Bundle, safe_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BackendChoice", "BackendError", "BackendSelection", "InferenceBackend", "open_graph"]
+__all__ = ["BackendChoice", "BackendError", "BackendSelection", "InferenceBackend", "onnx_precision", "open_graph"]
 
 BackendName = Literal["onnxruntime", "tensorrt"]
 
@@ -31,6 +31,12 @@ class BackendChoice:
             default: the locator alternates between three sessions (query encoder, tile encoder, fine matcher) and
             numpy, and the idle sessions' spinning threads take the cores from the busy one. On this 2-core CPU,
             20 NAIP queries without priors: 434-464 ms median per frame with spinning, 254-258 ms without.
+        precision: the ONNX graphs ONNX Runtime runs: ``fp32``, ``fp16`` (the bundle must hold them) or ``auto``
+            (:func:`onnx_precision`): the bundle's precision on CUDA, its FP32 graphs on the CPU, which every bundle
+            holds. FP16 graphs are for GPUs: ONNX Runtime's CPU kernels run them slower and less accurately (2-core
+            CPU, stage-4 release, 24 SJER report queries: R@1 50.0 % / mIoU 41.9 % at 157 ms median per NAIP query
+            against 66.7 % / 55.0 % at 139 ms with the FP32 graphs), and a CPU fallback from TensorRT would
+            otherwise inherit them. TensorRT runs its engines as built (``fp32`` with FP16 engines is an error).
     """
 
     backend: BackendName = "onnxruntime"
@@ -38,6 +44,7 @@ class BackendChoice:
     allow_fallback: bool = False
     threads: int = 0
     spin: bool = False
+    precision: Literal["auto", "fp32", "fp16"] = "auto"
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime", "tensorrt"):
@@ -46,6 +53,15 @@ class BackendChoice:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.precision not in ("auto", "fp32", "fp16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'fp16', got {self.precision!r}")
+
+
+def onnx_precision(bundle: Bundle, choice: BackendChoice) -> str:
+    """The precision of the ONNX graphs ONNX Runtime runs for ``choice`` (see :attr:`BackendChoice.precision`)."""
+    if choice.precision != "auto":
+        return choice.precision
+    return bundle.precision if choice.device == "cuda" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,9 @@ def open_graph(bundle: Bundle, graph: str, choice: BackendChoice) -> BackendSele
     """Create the backend for one graph of a bundle, following ``choice`` and never degrading silently."""
     entry = bundle.graphs[graph]
     if choice.backend == "tensorrt":
+        if choice.precision not in ("auto", bundle.precision):
+            raise BackendError(f"precision {choice.precision!r} asked for, but the TensorRT engines of bundle "
+                               f"{bundle.root} are {bundle.precision} (export another bundle, or use 'auto')")
         plan, reason = _tensorrt_engine(bundle, graph)
         cause: Exception | None = None
         if plan is not None:
@@ -123,7 +142,14 @@ def _onnxruntime(bundle: Bundle, graph: str, choice: BackendChoice) -> Inference
     from edge_runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     entry = bundle.graphs[graph]
+    precision = onnx_precision(bundle, choice)
+    if precision not in entry.onnx:
+        raise BackendError(f"bundle {bundle.root} has no {precision} ONNX of {graph!r} (has {sorted(entry.onnx)}); "
+                           "export it with edge-export --precision fp16, or ask for precision 'auto' or 'fp32'")
+    if precision != bundle.precision:
+        logger.info("%s: ONNX Runtime on the %s runs the bundle's %s graph (its %s graphs are for GPUs; "
+                    "BackendChoice.precision picks them)", graph, choice.device.upper(), precision, bundle.precision)
     return OnnxRuntimeBackend(
-        bundle.onnx_path(graph), entry.inputs, entry.outputs, bundle.precision, choice.device, choice.threads,
+        bundle.onnx_path(graph, precision), entry.inputs, entry.outputs, precision, choice.device, choice.threads,
         choice.spin,
     )
