@@ -211,7 +211,12 @@ def card_text(payload: dict[str, Any], summary: dict[str, dict[str, float]], rep
         "(`benchmarks/results/2026-12-06_cpu_stage10`) SJER R@1 / mIoU 41.7 / 26.7 % against 66.7 / 54.4, NAIP 20.0 /"
         " 16.2 against 25.0 / 20.0 and 1 Brighton frame against 3: not released. Better tuning numbers with worse "
         "report numbers twice (stages 9 and 10) on the same ground say that a few dozen queries per checkpoint are "
-        "too noisy to rank checkpoints this close.",
+        "too noisy to rank checkpoints this close. Re-measured on more queries: on seeds 4-6 (132 queries no choice "
+        "had used, each checkpoint with its rule from seeds 1-3) stage 10 keeps 55 right fixes of 62 against 53 of "
+        "65; on seeds 1-6 pooled, each at its own six-seed rule, 112 of 122 against 100 of 111 (the weight average "
+        "of the two 99 of 107); on the report's seed 0 at those rules 14 of 19 against 21 of 24, and Brighton 1 "
+        "frame against 3. Seed 0 chose stage 4 over stages 5-10, so it flatters stage 4; but on no set is either "
+        "clearly better, and the release stays stage 4.",
         f"- Coarse threshold theta_c = {coarse_threshold}, in-window threshold {fine_threshold} (test time, in the "
         "config inside the checkpoint)"
         + (f", chosen by `python -m topicgeo.eval.tune` (retrieval R@1 by coarse threshold on "
