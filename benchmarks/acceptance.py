@@ -39,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_runtime.atomic import atomic_write_bytes
+from edge_runtime.backends import BackendChoice
 from edge_runtime.locator import Locator, LocatorConfig
 from edge_runtime.numerics.geometry import footprint, is_convex_quad, project_points, quad_contains, quad_iou
 from maps.build import BuildConfig, build_cache
@@ -199,8 +200,8 @@ def _locate_all(locator: Locator, queries: list[Any], suite: str) -> list[dict[s
 
 
 def _outcomes(bundle: Path, data: Path, sjer_split: Path | None, naip_split: Path | None, seeds: list[int],
-              verify_candidates: int, work: Path, refine: bool = True, zooms: tuple[int, ...] = BuildConfig.zooms
-              ) -> list[dict[str, Any]]:
+              verify_candidates: int, work: Path, refine: bool = True, zooms: tuple[int, ...] = BuildConfig.zooms,
+              precision: str = "auto") -> list[dict[str, Any]]:
     from topicgeo.data.pairs import naip_eval_pairs, sjer_eval_pairs
     from topicgeo.data.synthesis import NAIP_PROTOCOL, SJER_PROTOCOL, evaluation_queries
 
@@ -213,11 +214,13 @@ def _outcomes(bundle: Path, data: Path, sjer_split: Path | None, naip_split: Pat
         suites.append(("naip", naip_eval_pairs(data / "naip_nd", naip_split), NAIP_PROTOCOL))
     # Rules no geometry reaches: every hypothesis is verified and recorded; accepted_at replays the real rules.
     config = LocatorConfig(min_inliers=NEVER_ACCEPT, min_first_pass_inliers=NEVER_ACCEPT,
-                           verify_candidates=verify_candidates, refine=refine)
+                           verify_candidates=verify_candidates, refine=refine,
+                           backend=BackendChoice(precision=precision))  # type: ignore[arg-type]
     rows = []
     for name, pairs, protocol in suites:
         cache = work / f"cache_{name}"
-        build_cache(bundle, list(dict.fromkeys(m for _, m in pairs)), cache, BuildConfig(progress=False, zooms=zooms))
+        build_cache(bundle, list(dict.fromkeys(m for _, m in pairs)), cache,
+                    BuildConfig(progress=False, zooms=zooms, precision=precision))  # type: ignore[arg-type]
         queries = [q for seed in seeds for q in evaluation_queries(pairs, protocol, seed)]
         rows += _locate_all(Locator.open(bundle, cache, config), queries, name)
     return rows
@@ -249,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zooms", type=parse_factors, default=BuildConfig.zooms,
                         help="zoom-in levels of the calibration caches, as edge-maps build --zooms (default: its "
                         "default, the caches the vehicle gets)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
+                        help="ONNX graphs for the caches and the locator (auto: FP32 on the CPU; fp16: an FP16 "
+                        "bundle's FP16 graphs, the numerics of a GPU vehicle)")
     parser.add_argument("--out", type=Path, required=True, help="JSON report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="acceptance_") as work:
         rows = _outcomes(args.bundle, args.data, args.split if "sjer" in suites else None,
                          args.naip_split if "naip" in suites else None, args.seed, args.verify_candidates,
-                         Path(work), args.refine, args.zooms)
+                         Path(work), args.refine, args.zooms, args.precision)
     first = _arrays(rows, "first_pass")
     per_suite = {s: [r for r in rows if r["suite"] == s] for s in sorted(suites)}
     if args.refine:
@@ -279,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
               "naip_split": _rel(args.naip_split) if "naip" in suites else None,
               "seed": args.seed, "queries": len(rows), "target_precision": args.target_precision,
               "verify_candidates": args.verify_candidates, "refine": args.refine, "zooms": list(args.zooms),
+              "precision": args.precision,
               "correct_total": correct_total, "chosen": chosen, "chosen_by_suite": by_suite,
               "outcomes": rows}
     atomic_write_bytes(args.out, (json.dumps(report, indent=2) + "\n").encode())

@@ -268,10 +268,13 @@ class Bench:
         return self.bundles[key]
 
     @staticmethod
-    def _precision_args(method: str) -> list[str]:
+    def _precision_args(method: str, stage: str) -> list[str]:
         """``topicgeo-fp16`` runs the FP16 graphs on ONNX Runtime's CPU kernels (the FP16 numerics a GPU runs, at
-        CPU speed); without the flag an FP16 bundle runs its FP32 graphs on the CPU, as ``topicgeo-fp32``."""
-        return ["--precision", "fp16"] if method == "topicgeo-fp16" else []
+        CPU speed) for its cache and its queries; without the flag an FP16 bundle runs its FP32 graphs on the CPU, as
+        ``topicgeo-fp32``. ``topicgeo-trt`` queries with its FP16 engines, so its cache (built with ONNX Runtime)
+        gets FP16 features too (``stage``: ``maps`` or ``locate``)."""
+        fp16 = method == "topicgeo-fp16" or (method == "topicgeo-trt" and stage == "maps")
+        return ["--precision", "fp16"] if fp16 else []
 
     def cache(self, method: str, maps: tuple[Path, ...]) -> tuple[Path, float]:
         """A cache of ``maps`` for the method's bundle (built once per bundle and map set) and its build time."""
@@ -280,7 +283,7 @@ class Bench:
         if key not in self.caches:
             out = self.work / "caches" / f"{bundle.name}_{len(self.caches):02d}"
             cmd = self._py("maps.cli", "build", "--bundle", str(bundle), "--out", str(out), "--no-progress", "--json",
-                           "--overwrite", *self._precision_args(method))
+                           "--overwrite", *self._precision_args(method, "maps"))
             for m in maps:
                 cmd += ["--map", str(m)]
             if self.config.zooms is not None:
@@ -296,7 +299,7 @@ class Bench:
         if method in PROJECT_METHODS:
             cache, build_s = self.cache(method, maps)
             cmd = self._py("edge_runtime.locate_cli", "--bundle", str(self.bundle(method)), "--cache", str(cache),
-                           "--json", *self._precision_args(method))
+                           "--json", *self._precision_args(method, "locate"))
             if self.config.sequence:
                 cmd.append("--sequence")
             if method == "topicgeo-trt":

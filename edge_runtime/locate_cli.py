@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_runtime.backends import BackendChoice
+from edge_runtime.backends import BackendChoice, BackendError
 from edge_runtime.locator import Locator, LocatorConfig, LocatorError
 from edge_runtime.types import LocateResult, Priors
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         locator = Locator.open(args.bundle, args.cache, config)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, BackendError) as exc:
         print(f"edge-locate: error: {exc}", file=sys.stderr)
         return 2
     if args.viz:

@@ -97,16 +97,19 @@ class LocatorConfig:
             stage, best retrieval score first, until one is accepted; a clear frame costs one fine stage, a frame
             without a fix this many. Retrieval ranks the right place among its first few hypotheses more often than
             first, so three by default: on the 132 pooled SJER + NAIP dev tuning queries (seeds 1-3, stage-4
-            checkpoint, refinement pass, rules calibrated per value at >= 90 % precision,
-            ``topicgeo/assets/acceptance.json``) one hypothesis keeps 34 right fixes of 36 accepted (rules 64 / 124),
-            two 45 of 47 (63 / 118), three 51 of 56 (63 / 79), four 52 of 57 (83 / 79). Three became the default once
+            checkpoint, refinement pass, rules calibrated per value at >= 90 % precision; the release's
+            ``topicgeo/assets/acceptance.json`` now pools seeds 1-6) one hypothesis keeps 34 right fixes of 36
+            accepted (rules 64 / 124), two 45 of 47 (63 / 118), three 51 of 56 (63 / 79), four 52 of 57 (83 / 79);
+            on the 264 queries of seeds 1-6, each at its own rule, one 76 right fixes, two 91 (rules from a coarser
+            grid), three 100 (83 / 81).
+            Three became the default once
             the region cache and the frame pyramid had made a fine stage cheap: on the 20 NAIP report queries (17
             km2, no priors; same sitting) the median latency went from 127 to 171 ms and the p95 from 217 to 326 ms
             against two. With the stage-9 weights (release thresholds, rules recalibrated): three 55 of 61, four 55
             of 60, five 57 of 63. One-pass history: SJER tuning queries kept 18 right fixes with one hypothesis
             (rule 90), 25 with two, 28 with three. The acceptance rules must be calibrated for the value used
             (``benchmarks.acceptance --verify-candidates``) and stored in the checkpoint (``python -m
-            topicgeo.train.card --min-inliers --min-first-pass-inliers``).
+            topicgeo.train.card --checkpoint CKPT --acceptance REPORT``, ``scripts/recalibrate_acceptance.sh``).
         consistency: geometric-consistency parameters (method.md §8, reading A by default).
         min_confidence: retrieval confidence below which a frame is not located.
         min_inliers: inliers the fix's final fit needs (the refinement pass's fit when ``refine`` is on); None
@@ -527,6 +530,13 @@ class Locator:
         self.selections: dict[str, BackendSelection] = {
             g: open_graph(bundle, g, config.backend) for g in ("encoder_query", "encoder_tile", "fine_matcher")
         }
+        self.map_precision = cache.manifest["bundle"].get("precision")  # of the cached features, as computed
+        query_precision = self.selections["encoder_query"].backend.precision
+        if self.map_precision is not None and self.map_precision != query_precision:
+            # expected with a cache built on a CPU (FP32 graphs) for an FP16 GPU vehicle: the same network within
+            # FP16 rounding, so it matches; said once, and in backend_status
+            logger.info("map cache %s holds %s features, the query encoder runs %s", cache.root, self.map_precision,
+                        query_precision)
         self.cells = self._map_cells()
         # without a scale prior the maps and their zoom-in levels are searched (None: there are no overview levels)
         unscaled = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
@@ -564,13 +574,14 @@ class Locator:
 
     @property
     def backend_status(self) -> dict[str, Any]:
-        """Backend in use, precision and whether (and why) it is degraded."""
+        """Backend in use, precision and whether (and why) it is degraded; ``map_precision``: the precision the map
+        cache's features were computed in (None for caches that do not record it)."""
         sel = self.selections["encoder_query"]
         degraded = [s for s in self.selections.values() if s.degraded]
         return {
             "backend": sel.backend.name, "device": sel.backend.device, "precision": sel.backend.precision,
             "requested": sel.requested, "degraded": bool(degraded),
-            "reason": "; ".join(str(s.reason) for s in degraded) or None,
+            "reason": "; ".join(str(s.reason) for s in degraded) or None, "map_precision": self.map_precision,
         }
 
     def warmup(self) -> None:

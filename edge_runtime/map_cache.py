@@ -927,11 +927,15 @@ def verify_cache_files(root: str | os.PathLike[str], manifest: dict[str, Any]) -
     verify_listed_files(root, manifest.get("files"), "cache", MapCacheError)
 
 
-def encoder_sha256(bundle: Any) -> str | None:
-    """sha256 of the bundle's map-tile encoder graph (ONNX at its precision) as its manifest lists it (None when
-    the manifest lists no hash for it). The bundle id names the checkpoint and export settings; this names the
+def encoder_sha256(bundle: Any, precision: str | None = None) -> str | None:
+    """sha256 of the bundle's map-tile encoder graph (ONNX at ``precision``, default the bundle's: the graph a cache's
+    features were computed with) as its manifest lists it (None when the manifest lists no hash for it or the
+    bundle has no graph at that precision). The bundle id names the checkpoint and export settings; this names the
     graph's bytes, which a re-export with another exporter may change under the same id."""
-    onnx = bundle.onnx_path("encoder_tile")
+    entry = bundle.graphs.get("encoder_tile")
+    if entry is None or (precision is not None and precision not in entry.onnx):
+        return None
+    onnx = bundle.onnx_path("encoder_tile", precision)
     files = bundle.manifest.get("files") or {}
     return files.get(onnx.relative_to(bundle.root).as_posix())
 
@@ -956,7 +960,8 @@ def check_bundle(manifest: dict[str, Any], bundle: Any, where: str | os.PathLike
         raise MapCacheError(f"map cache {where} has {rec['coarse_dim']}-d features, bundle {bundle.root} "
                             f"produces {coarse[0].shape[-1]}-d")
     if rec.get("encoder_sha256") is not None:  # caches since 2026-12-06: the encoder graph's own hash
-        if rec["encoder_sha256"] != encoder_sha256(bundle):
+        # of the graph at the precision the features were computed in (older caches: the bundle's precision)
+        if rec["encoder_sha256"] != encoder_sha256(bundle, rec.get("precision") or bundle.precision):
             raise MapCacheError(f"map cache {where} was built with another encoder_tile graph than bundle "
                                 f"{bundle.root} holds (same id {bundle.bundle_id}: re-exported?); rebuild the cache "
                                 "with edge-maps build")

@@ -449,7 +449,7 @@ def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, pla
         "bundle": {
             "bundle_id": bundle.bundle_id,
             "manifest_sha256": sha256_file(Path(bundle.root) / "manifest.json"),
-            "encoder_sha256": encoder_sha256(bundle),
+            "encoder_sha256": encoder_sha256(bundle, encoder_precision(bundle, config.backend_choice())),
             "encoder_backend": f"{config.backend}:{config.device}",  # a resumed build keeps one engine's features
             "precision": encoder_precision(bundle, config.backend_choice()),  # of the features, as computed
             "tile_size": encoder.tile_size,
@@ -473,6 +473,17 @@ def encoder_precision(bundle: Bundle, choice: BackendChoice) -> str:
     """The precision the tile encoder computes in: TensorRT's engines are the bundle's, ONNX Runtime's graph is
     :func:`~edge_runtime.backends.onnx_precision`'s."""
     return bundle.precision if choice.backend == "tensorrt" else onnx_precision(bundle, choice)
+
+
+def check_encoder_precision(bundle: Bundle, choice: BackendChoice) -> None:
+    """Raise :class:`MapsError` unless the bundle holds the tile-encoder graph ``choice`` would run."""
+    if choice.backend != "onnxruntime":
+        return  # TensorRT runs its engines (checked when the backend opens)
+    precision = onnx_precision(bundle, choice)
+    if precision not in bundle.graphs["encoder_tile"].onnx:
+        raise MapsError(f"bundle {bundle.root} has no {precision} encoder_tile graph (has "
+                        f"{sorted(bundle.graphs['encoder_tile'].onnx)}): build with --precision auto or fp32, or "
+                        "export it with edge-export --precision fp16")
 
 
 # -- encoding ------------------------------------------------------------------------------------------------------
@@ -568,7 +579,10 @@ def _create_work_dir(work: Path, doc: dict, plans: Sequence[MapPlan], encoder: E
 
 
 def _plan_difference(old: dict, new: dict) -> str:
-    parts = [key for key in ("schema", "bundle", "tiling", "feature_dtype") if old.get(key) != new.get(key)]
+    parts = [key for key in ("schema", "tiling", "feature_dtype") if old.get(key) != new.get(key)]
+    old_bundle, new_bundle = old.get("bundle") or {}, new.get("bundle") or {}
+    parts += [f"bundle.{key}" for key in sorted({*old_bundle, *new_bundle})
+              if old_bundle.get(key) != new_bundle.get(key)]
     old_maps = {m.get("id"): m for m in old.get("maps", [])}
     new_maps = {m["id"]: m for m in new["maps"]}
     if list(old_maps) != list(new_maps):
@@ -663,6 +677,7 @@ def build_cache(
         raise MapsError(f"output {out} exists; choose another --out or pass --overwrite")
     bundle = open_bundle(bundle_path)
     encoder = encoder_spec(bundle, config.tile_size)
+    check_encoder_precision(bundle, config.backend_choice())  # before anything is written
     plans = plan_maps(map_paths, config, encoder)
     doc = plan_document(bundle, encoder, config, plans)
     if config.executor == "ray":

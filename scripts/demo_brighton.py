@@ -202,7 +202,7 @@ class Recorder:
         self.client.loop_stop()
 
 
-def via_service(bundle: Path, cache: Path, out: Path, prefer: str) -> int:
+def via_service(bundle: Path, cache: Path, out: Path, prefer: str, precision: str = "fp32") -> int:
     """Replay the frames through ``edge-runtime`` over a local broker, print and record what it publishes.
 
     Returns:
@@ -233,6 +233,7 @@ def via_service(bundle: Path, cache: Path, out: Path, prefer: str) -> int:
             # the Phantom 3's EXIF has no DJI CalibratedFocalLength: its 1/2.3" sensor is 6.17 mm wide
             "camera": {"from_exif": True, "sensor_width_mm": 6.17},
             "queue": {"maxsize": 4, "mode": "block"},
+            "locator": {"backend": {"precision": precision}},
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "protocol": broker.protocol},
         }
         cfg_path = out / "vehicle_demo.yaml"
@@ -305,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "topicgeo" / "assets" / "topicgeo_cpu.pt")
     parser.add_argument("--out", type=Path, default=REPO / "out" / "brighton")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                        help="export precision; fp16 also runs the FP16 graphs on this CPU (a GPU's numerics: "
+                        "without it an FP16 bundle runs its FP32 graphs on a CPU)")
     parser.add_argument("--service", action="store_true", help="run the frames through edge-runtime and MQTT")
     parser.add_argument("--broker", default="auto", choices=["auto", "mosquitto", "amqtt"],
                         help="--service: the local broker (auto: mosquitto when installed, else amqtt)")
@@ -329,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(cache)
         map_args = [arg for m in maps for arg in ("--map", m)]
-        run([py, "-m", "maps.cli", "build", "--bundle", str(bundle), *map_args, "--out", str(cache)])
+        run([py, "-m", "maps.cli", "build", "--bundle", str(bundle), *map_args, "--out", str(cache),
+             "--precision", args.precision])
     if args.service:
-        return via_service(bundle, cache, args.out, args.broker)
+        return via_service(bundle, cache, args.out, args.broker, args.precision)
     frames = [str(p) for p in frame_files()]
     out = run([py, "-m", "edge_runtime.locate_cli", "--bundle", str(bundle), "--cache", str(cache), "--json",
-               "--sequence", "--sensor-width-mm", "6.17", "--viz", str(args.out / "viz"), *frames])
+               "--sequence", "--sensor-width-mm", "6.17", "--viz", str(args.out / "viz"), "--precision",
+               args.precision, *frames])
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     gt = truth()
     errors = []

@@ -14,11 +14,7 @@ python -m export.cli --checkpoint "$ASSETS/topicgeo_cpu.pt" --precision fp32 --q
   --out "$WORK/bundle" --no-engines > /dev/null
 python -m benchmarks.acceptance --bundle "$WORK/bundle" --data "$DATA" --suites sjer,naip \
   --out "$ASSETS/acceptance.json"
-MIN_INLIERS=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_inliers'])")
-FIRST=$(python -c "import json; print(json.load(open('$ASSETS/acceptance.json'))['chosen']['min_first_pass_inliers'] or '')")
-FIRST_ARG=()
-if [ -n "$FIRST" ]; then FIRST_ARG=(--min-first-pass-inliers "$FIRST"); fi
+# the rule comes from the report (a first-pass rule of null there clears the stored one)
 python -m topicgeo.train.card --checkpoint "$ASSETS/topicgeo_cpu.pt" --out "$ASSETS" \
-  --tuning "$ASSETS/tune_threshold.json" --min-inliers "$MIN_INLIERS" "${FIRST_ARG[@]}" \
-  --acceptance "$ASSETS/acceptance.json" \
+  --tuning "$ASSETS/tune_threshold.json" --acceptance "$ASSETS/acceptance.json" \
   --eval "$ASSETS"/eval_sjer.json "$ASSETS"/eval_sjer_turns.json "$ASSETS"/eval_naip.json "$ASSETS"/eval_naip_turns.json

@@ -67,6 +67,15 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
+def fp16_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An FP16 bundle (FP32 and FP16 graphs; query 256 px, tiles 512 px), exported once per test session."""
+    from export.bundle_writer import ExportConfig, export_bundle
+
+    out = tmp_path_factory.mktemp("fp16") / "bundle"
+    return export_bundle(tiny_checkpoint, out, ExportConfig("fp16", 256, 512, build_engines=False))
+
+
+@pytest.fixture(scope="session")
 def map_paths(data_dir: Path) -> list[Path]:
     """Real GeoTIFF crops in three CRSs (EPSG:32615, 32611, 26914) used by the map-cache tests."""
     return [

@@ -119,12 +119,6 @@ def test_fp32_parity_torch_vs_onnxruntime_on_a_real_pair(tiny_bundle: Path, tiny
                                        atol=FOOTPRINT_ATOL_PX)
 
 
-@pytest.fixture(scope="module")
-def fp16_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fp16") / "bundle"
-    return export_bundle(tiny_checkpoint, out, ExportConfig("fp16", 256, 512, build_engines=False))
-
-
 @pytest.mark.slow
 def test_fp16_onnx_runs_on_cpu_close_to_fp32(fp16_bundle: Path, real_pair) -> None:
     query, _, _ = real_pair

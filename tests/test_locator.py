@@ -222,6 +222,13 @@ def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache:
         assert first["reason"]
 
 
+def test_edge_locate_precision_flag_reaches_the_backend(tiny_bundle: Path, sjer_cache: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``--precision fp16`` asks for FP16 graphs: the FP32-only bundle has none: a clear error (exit 2)."""
+    assert main(["--bundle", str(tiny_bundle), "--cache", str(sjer_cache), "--precision", "fp16", "x.png"]) == 2
+    assert "no fp16 ONNX" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags, temporal", [([], False), (["--sequence"], True)])
 def test_edge_locate_locates_each_image_on_its_own_unless_told_they_are_a_sequence(
         flags: list[str], temporal: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

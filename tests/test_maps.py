@@ -18,7 +18,7 @@ import rasterio
 from pyproj import Transformer
 from rasterio.errors import NotGeoreferencedWarning
 
-from edge_runtime.backends import BackendChoice, BackendError, open_graph
+from edge_runtime.backends import BackendChoice, open_graph
 from edge_runtime.bundle import open_bundle
 from edge_runtime.map_cache import MapCacheError, open_map_cache
 from maps.build import BuildConfig, MapsError, build_cache, work_dir_for
@@ -223,11 +223,51 @@ def test_cache_records_the_precision_its_features_were_computed_in(bundle_precis
     assert encoder_precision(SimpleNamespace(precision=bundle_precision), choice) == expected
 
 
-def test_fp16_features_need_an_fp16_bundle(built, tiny_bundle, map_paths, tmp_path):
+def test_fp16_features_need_an_fp16_bundle_and_a_refusal_leaves_nothing(built, tiny_bundle, map_paths, tmp_path):
     assert json.loads((built[0] / "manifest.json").read_text())["bundle"]["precision"] == "fp32"
-    with pytest.raises(BackendError, match="no fp16 ONNX"):
-        build_cache(tiny_bundle, map_paths[:1], tmp_path / "other", BuildConfig(progress=False, precision="fp16"))
-    assert not (tmp_path / "other").exists()
+    out = tmp_path / "other"
+    with pytest.raises(MapsError, match="no fp16 encoder_tile graph"):
+        build_cache(tiny_bundle, map_paths[:1], out, BuildConfig(progress=False, precision="fp16"))
+    assert not out.exists() and not work_dir_for(out).exists()  # a plain rebuild is not blocked
+    assert build_cache(tiny_bundle, map_paths[:1], out, BuildConfig(progress=False)).tiles_resumed == 0
+
+
+@pytest.mark.slow
+def test_an_fp16_bundles_cache_records_the_graph_its_features_came_from(fp16_bundle, map_paths, tmp_path):
+    """On the CPU an FP16 bundle's cache is computed by its FP32 graph (``auto``): the manifest names that precision
+    and that graph's hash, the reader accepts it, and the features are the FP32 graph's; ``--precision fp16`` gives
+    the FP16 graph's. A resumed build of the other precision is refused by name."""
+    from edge_runtime.map_cache import encoder_sha256
+
+    bundle = open_bundle(fp16_bundle)
+    caches = {}
+    for precision in ("auto", "fp16"):
+        out = tmp_path / precision
+        build_cache(fp16_bundle, map_paths[:1], out, BuildConfig(progress=False, precision=precision))
+        rec = json.loads((out / "manifest.json").read_text())["bundle"]
+        expected = "fp32" if precision == "auto" else "fp16"
+        assert rec["precision"] == expected and rec["encoder_sha256"] == encoder_sha256(bundle, expected)
+        caches[precision] = open_map_cache(out, bundle=bundle)  # check_bundle: the graph of that precision
+    assert encoder_sha256(bundle, "fp32") != encoder_sha256(bundle, "fp16")
+    a, b = (np.asarray(next(iter(caches[k].maps.values())).coarse, np.float32) for k in ("auto", "fp16"))
+    assert a.shape == b.shape and not np.array_equal(a, b)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()  # the same network within FP16 rounding
+    from edge_runtime.locator import Locator, LocatorConfig
+
+    status = Locator(bundle, caches["fp16"], LocatorConfig()).backend_status  # FP32 queries on FP16 map features
+    assert status["precision"] == "fp32" and status["map_precision"] == "fp16"
+    for cache in caches.values():
+        cache.close()
+
+    out = tmp_path / "resumed"
+
+    def stop(map_id, idx):
+        raise _Interrupt("killed")
+
+    with pytest.raises(_Interrupt):
+        build_cache(fp16_bundle, map_paths[:1], out, BuildConfig(progress=False), on_tile=stop)
+    with pytest.raises(MapsError, match=r"bundle\.encoder_sha256, bundle\.precision"):
+        build_cache(fp16_bundle, map_paths[:1], out, BuildConfig(progress=False, precision="fp16"))
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ re-released with new test-time values (a re-calibrated acceptance rule) without 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -54,3 +55,34 @@ def test_rerelease_refuses_a_checkpoint_without_a_loss_summary(tiny_checkpoint: 
     with pytest.raises(ValueError, match="no loss_summary"):
         rerelease(tiny_checkpoint, [], tmp_path / "assets", min_inliers=80)
     assert not (tmp_path / "assets" / "topicgeo_cpu.pt").exists()
+
+
+def _acceptance_report(path: Path, min_inliers: int, first: int | None) -> Path:
+    path.write_text(json.dumps({"chosen": {"min_inliers": min_inliers, "min_first_pass_inliers": first,
+                                           "accepted": 10, "correct": 9, "precision": 0.9},
+                                "queries": 20, "seed": [1, 2], "verify_candidates": 3, "refine": True,
+                                "target_precision": 0.9, "correct_total": 12,
+                                "split": "topicgeo/splits/sjer_dev.txt", "chosen_by_suite": {}}))
+    return path
+
+
+def test_a_report_without_a_first_pass_rule_clears_the_stored_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A re-calibration whose report chose no second chance must not leave the old, uncalibrated first-pass rule
+    beside the new refined one; a given value that contradicts the report is refused."""
+    out = tmp_path / "assets"
+    release(_run_dir(tmp_path, tiny_checkpoint), [], out, min_inliers=63, min_first_pass_inliers=79)
+    report = _acceptance_report(tmp_path / "acceptance.json", 90, None)
+    rerelease(out / "topicgeo_cpu.pt", [], out, acceptance=report)
+    matching = read_checkpoint(out / "topicgeo_cpu.pt")["config"]["matching"]
+    assert matching["min_inliers"] == 90 and matching["min_first_pass_inliers"] is None
+    with pytest.raises(ValueError, match="disagree with the acceptance report"):
+        rerelease(out / "topicgeo_cpu.pt", [], out, min_inliers=85, acceptance=report)
+
+
+def test_a_bad_input_changes_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "assets"
+    release(_run_dir(tmp_path, tiny_checkpoint), [], out, min_inliers=63, min_first_pass_inliers=79)
+    before = {name: (out / name).read_bytes() for name in ("topicgeo_cpu.pt", "MODEL_CARD.md")}
+    with pytest.raises(FileNotFoundError):
+        rerelease(out / "topicgeo_cpu.pt", [tmp_path / "no_such_eval.json"], out, min_inliers=83)
+    assert {name: (out / name).read_bytes() for name in before} == before

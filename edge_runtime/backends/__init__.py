@@ -33,10 +33,12 @@ class BackendChoice:
             20 NAIP queries without priors: 434-464 ms median per frame with spinning, 254-258 ms without.
         precision: the ONNX graphs ONNX Runtime runs: ``fp32``, ``fp16`` (the bundle must hold them) or ``auto``
             (:func:`onnx_precision`): the bundle's precision on CUDA, its FP32 graphs on the CPU, which every bundle
-            holds. FP16 graphs are for GPUs: ONNX Runtime's CPU kernels run them slower and less accurately (2-core
-            CPU, stage-4 release, 24 SJER report queries: R@1 50.0 % / mIoU 41.9 % at 157 ms median per NAIP query
-            against 66.7 % / 55.0 % at 139 ms with the FP32 graphs), and a CPU fallback from TensorRT would
-            otherwise inherit them. TensorRT runs its engines as built (``fp32`` with FP16 engines is an error).
+            holds. FP16 graphs are for GPUs: on ONNX Runtime's CPU kernels they are slower (2-core CPU, stage-4
+            release: 157 against 139 ms median per NAIP query) and their fits have fewer inliers (264 pooled dev
+            queries, ``benchmarks.acceptance``: at the rule calibrated on FP32 outputs 95 right fixes of 107
+            accepted against 100 of 111; at the seeds 1-3 rule 98 of 126 against 104 of 122), and a CPU fallback
+            from TensorRT would otherwise inherit them. TensorRT runs its engines as built (``fp32`` with FP16
+            engines is an error).
     """
 
     backend: BackendName = "onnxruntime"
@@ -147,8 +149,8 @@ def _onnxruntime(bundle: Bundle, graph: str, choice: BackendChoice) -> Inference
         raise BackendError(f"bundle {bundle.root} has no {precision} ONNX of {graph!r} (has {sorted(entry.onnx)}); "
                            "export it with edge-export --precision fp16, or ask for precision 'auto' or 'fp32'")
     if precision != bundle.precision:
-        logger.info("%s: ONNX Runtime on the %s runs the bundle's %s graph (its %s graphs are for GPUs; "
-                    "BackendChoice.precision picks them)", graph, choice.device.upper(), precision, bundle.precision)
+        logger.info("%s: ONNX Runtime on %s runs the bundle's %s graph, not its %s one (precision %r)", graph,
+                    choice.device.upper(), precision, bundle.precision, choice.precision)
     return OnnxRuntimeBackend(
         bundle.onnx_path(graph, precision), entry.inputs, entry.outputs, precision, choice.device, choice.threads,
         choice.spin,

@@ -110,22 +110,48 @@ def _write_release(checkpoint: Path, summary: dict[str, dict[str, float]], evals
                    coarse_threshold: float | None, tuning: Path | None, fine_threshold: float | None,
                    min_inliers: int | None, acceptance: Path | None, max_level2_windows: int | None,
                    min_first_pass_inliers: int | None) -> Path:
+    # every input first: a bad path or report fails before anything in ``out`` is replaced
     payload = read_checkpoint(checkpoint)
     model = load_model(checkpoint)
-    chosen = {"threshold": coarse_threshold, "fine_threshold": fine_threshold, "min_inliers": min_inliers,
-              "max_level2_windows": max_level2_windows, "min_first_pass_inliers": min_first_pass_inliers}
-    model.config = model.config.with_matching(**{k: v for k, v in chosen.items() if v is not None})
-    # prompt_sha256: the run's own (of the float32 topics matrix), not the hash of the fp16 copy a re-release loads
-    keep = {**{k: payload[k] for k in KEPT_KEYS if k in payload}, "loss_summary": summary}
-    save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
     reports = [json.loads(p.read_text()) for p in evals]
     tune = json.loads(tuning.read_text()) if tuning else None
     accept = json.loads(acceptance.read_text()) if acceptance else None
+    chosen: dict[str, Any] = {"threshold": coarse_threshold, "fine_threshold": fine_threshold,
+                              "max_level2_windows": max_level2_windows}
+    chosen.update(acceptance_rule(accept, min_inliers, min_first_pass_inliers))
+    changes = {k: v for k, v in chosen.items() if v is not None}
+    if accept is not None and chosen["min_first_pass_inliers"] is None:
+        changes["min_first_pass_inliers"] = None  # the report chose no second chance: clear an older one
+    model.config = model.config.with_matching(**changes)
     text = card_text(payload, summary, reports, model.config.matching.threshold, tune,
                      model.config.matching.fine_threshold, accept, model.config.matching.min_inliers,
                      model.config.matching.max_level2_windows, model.config.matching.min_first_pass_inliers)
+    # prompt_sha256: the run's own (of the float32 topics matrix), not the hash of the fp16 copy a re-release loads
+    keep = {**{k: payload[k] for k in KEPT_KEYS if k in payload}, "loss_summary": summary}
+    save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
     atomic_write_bytes(out / "MODEL_CARD.md", text.encode())
     return out / "topicgeo_cpu.pt"
+
+
+RULE_KEYS = ("min_inliers", "min_first_pass_inliers")
+
+
+def acceptance_rule(accept: dict[str, Any] | None, min_inliers: int | None,
+                    min_first_pass_inliers: int | None) -> dict[str, int | None]:
+    """The acceptance rule to store: the given values, or, with an acceptance report, the report's choice, where a
+    first-pass rule of None clears the stored one (no second chance) rather than keeping an uncalibrated old value.
+
+    Raises:
+        ValueError: a given value contradicts the report.
+    """
+    given = {"min_inliers": min_inliers, "min_first_pass_inliers": min_first_pass_inliers}
+    if accept is None:
+        return given
+    reported = {k: accept["chosen"].get(k) for k in RULE_KEYS}
+    wrong = {k: (v, reported[k]) for k, v in given.items() if v is not None and v != reported[k]}
+    if wrong:
+        raise ValueError(f"acceptance values {wrong} (given, report) disagree with the acceptance report")
+    return reported
 
 
 def _acceptance_sources(acceptance: dict[str, Any]) -> str:
