@@ -526,7 +526,8 @@ def camera_from_metadata(
         if model not in _WARNED_35MM:
             _WARNED_35MM.add(model)
             logger.warning("%s: no calibrated focal length in the metadata of %s; using the approximate 35 mm "
-                           "equivalent (%g mm). A camera_info YAML or the sensor width gives exact intrinsics",
+                           "equivalent (%g mm). A camera_info YAML (edge-locate --calibration, the service's "
+                           "camera.info) or the sensor width (--sensor-width-mm) gives exact intrinsics",
                            meta.path.name, model, meta.focal_length_35mm)
     else:
         raise ValueError(

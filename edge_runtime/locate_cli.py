@@ -4,6 +4,11 @@ Contract (benchmarks rely on it): ``image``, ``ok``, and when ok ``map_id``, ``f
 (0,0), (w,0), (w,h), (0,h) in that map's pixel grid), ``lat``, ``lon``, ``heading_deg``, ``confidence``,
 ``inliers``, ``latency_ms`` (per stage and ``total``); when not ok, ``reason``.
 
+``candidates`` lists the maps of the best-scoring query canvas's retrieval ranking (the fix, verified from up to
+three hypotheses of any canvas, need not be among them); ``confidence`` is the retrieval score of the place the fix
+(or the rejection) came from. Exit status: 0 when every image got a fix, 1 when some did not (each has its
+``reason``), 2 when the locator could not start (bundle, cache or backend).
+
 Every image is located on its own unless ``--sequence`` says they are consecutive frames of one flight (then the
 locator's temporal prior searches near the last fix first, as the onboard service does).
 """
@@ -35,6 +40,8 @@ class FrameError(ValueError):
 
 def read_frame(path: Path) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB (raises :class:`FrameError` naming the file)."""
+    if path.is_dir():
+        raise FrameError(f"{path} is a folder: pass image files (e.g. {path}/*.JPG)")
     if not path.is_file():
         raise FrameError(f"image not found: {path}")
     data = np.fromfile(path, dtype=np.uint8)
@@ -50,7 +57,8 @@ def read_frame(path: Path) -> np.ndarray:
 
 def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | None, gsd: float | None,
                  use_exif: bool = True, sensor_width_mm: float | None = None,
-                 utc_offset_h: float = 0.0, fallback_35mm: bool = True) -> tuple[Priors, Any]:
+                 utc_offset_h: float = 0.0, fallback_35mm: bool = True,
+                 need_camera: bool = True) -> tuple[Priors, Any]:
     """Priors and intrinsics of an image file: command-line values first, then EXIF/XMP (DJI) when present.
 
     The EXIF/XMP priors are the service's (:func:`edge_runtime.service.telemetry.priors_from_metadata`: relative
@@ -60,6 +68,7 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
     focal length in pixels (e.g. the DJI Phantom 3: 6.17 mm); without it such a camera gets the approximate
     ``FocalLengthIn35mmFilm`` focal length (``fallback_35mm``, a warning in the log), so that its EXIF altitude still
     gives the scale prior. A frame whose altitude prior cannot be used for want of intrinsics is logged as a warning.
+    ``need_camera`` False (a calibration file gives the intrinsics) skips the EXIF intrinsics and their warnings.
     """
     from edge_runtime.service.telemetry import TelemetryError, priors_from_metadata
 
@@ -81,7 +90,8 @@ def frame_priors(path: Path, frame_shape: tuple[int, int], altitude: float | Non
                 logger.warning("%s: altitude prior dropped: %s", path.name, exc)
                 priors = priors_from_metadata(replace(meta, relative_altitude_m=None), utc_offset_h)
             try:
-                camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm, fallback_35mm=fallback_35mm)
+                if need_camera:  # not when a calibration file gives the intrinsics (no EXIF warnings then)
+                    camera = camera_from_metadata(meta, sensor_width_mm=sensor_width_mm, fallback_35mm=fallback_35mm)
             except ValueError as exc:
                 unused = gsd is None and (altitude is not None or priors.altitude_agl_m is not None)
                 level = logging.WARNING if unused else logging.INFO
@@ -223,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             frame = read_frame(image)
             priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
                                                args.sensor_width_mm, args.utc_offset_h,
-                                               fallback_35mm=not args.exact_intrinsics)
+                                               fallback_35mm=not args.exact_intrinsics, need_camera=camera is None)
             cam = camera if camera is not None else exif_camera
             if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
                 cam = cam.scaled(frame.shape[1], frame.shape[0])

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     parser.add_argument("--no-engines", action="store_true", help="do not try to build TensorRT engines")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("export").setLevel(logging.INFO)  # this tool's steps; the ONNX libraries' chatter stays off
     from export.bundle_writer import ExportConfig, export_bundle
 
     try:
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             query_size, tile_size = query_size or trained[0], tile_size or trained[1]
         config = ExportConfig(args.precision, query_size, tile_size, args.opset, not args.no_engines)
         out = export_bundle(args.checkpoint, args.out, config, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+    except FileExistsError as exc:
+        print(f"edge-export: error: {exc} (pass --overwrite to replace it)", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
         print(f"edge-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"bundle written: {out}")

@@ -338,3 +338,19 @@ def test_bundle_sizes_default_to_the_checkpoints_training_sizes(tiny_checkpoint:
     reference = Path(__file__).resolve().parent.parent / "topicgeo" / "assets" / "topicgeo_cpu.pt"
     if reference.exists():
         assert training_sizes(reference) == (512, 512)
+
+
+def test_export_cli_names_the_overwrite_flag_and_refuses_a_non_checkpoint(tiny_checkpoint: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from export.cli import main
+
+    taken = tmp_path / "bundle"
+    taken.mkdir()
+    assert main(["--checkpoint", str(tiny_checkpoint), "--out", str(taken), "--precision", "fp32",
+                 "--no-engines"]) == 2
+    assert "pass --overwrite to replace it" in capsys.readouterr().err
+    not_a_checkpoint = tmp_path / "frame.jpg"
+    not_a_checkpoint.write_bytes(b"\xff\xd8\xff\xe0 not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a weights-only PyTorch checkpoint") as info:
+        load_model(not_a_checkpoint)
+    assert "weights_only" not in str(info.value).replace("weights-only", "")  # no advice to unpickle it

@@ -222,6 +222,29 @@ def test_edge_locate_json_contract_and_bad_inputs(tiny_bundle: Path, sjer_cache:
         assert first["reason"]
 
 
+def test_a_folder_given_as_an_image_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FrameError, match="is a folder: pass image files"):
+        read_frame(tmp_path)
+
+
+def test_a_calibration_file_skips_the_exif_intrinsics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --calibration the EXIF intrinsics (and their approximate-focal-length warning) are not consulted; the
+    EXIF priors still are."""
+    import calibration.exif as exif
+    from edge_runtime.locate_cli import frame_priors
+
+    frame = Path(__file__).resolve().parent.parent / "demo_data" / "brighton" / "frames" / "DJI_0033.JPG"
+    priors, camera = frame_priors(frame, (900, 1600), None, None)
+    assert camera is not None and priors.altitude_agl_m is not None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("EXIF intrinsics consulted despite a calibration file")
+
+    monkeypatch.setattr(exif, "camera_from_metadata", refuse)
+    priors, camera = frame_priors(frame, (900, 1600), None, None, need_camera=False)
+    assert camera is None and priors.altitude_agl_m is not None and priors.yaw_deg is not None
+
+
 def test_edge_locate_precision_flag_reaches_the_backend(tiny_bundle: Path, sjer_cache: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``--precision fp16`` asks for FP16 graphs: the FP32-only bundle has none: a clear error (exit 2)."""

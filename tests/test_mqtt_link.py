@@ -136,6 +136,21 @@ def test_outbox_is_bounded_and_flushed_after_an_outage(broker):
         proxy.down()
 
 
+def test_poses_still_waiting_for_a_broker_at_stop_are_counted_and_said(caplog):
+    """No broker ever answers: the queued poses are not dropped silently at the stop."""
+    link = make_link(free_port(), outbox_max=8)  # nothing listens there
+    link.start()
+    try:
+        for i in range(3):
+            assert link.publish(POSE, json.dumps({"seq": i}).encode(), qos=1)
+        assert link.outbox_len == 3 and link.undelivered.get(POSE, 0) == 0
+    finally:
+        with caplog.at_level("WARNING", logger="edge_runtime.service.mqtt"):
+            link.stop(b"{}")
+    assert link.undelivered[POSE] == 3 and link.outbox_len == 0
+    assert "3 message(s) never reached the MQTT broker" in caplog.text and f"3 on {POSE}" in caplog.text
+
+
 def test_expired_poses_are_not_sent_after_reconnect(broker):
     proxy = TcpProxy(broker.port, free_port()).up()
     sub = RecordingSubscriber(broker.port, [POSE], client_id="watcher2")

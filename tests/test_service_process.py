@@ -178,7 +178,15 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path, broker):
     assert proc.wait(20) == 2
     err = proc.stderr.read()
     assert f"invalid config: {config}: queue.policy: unknown key" in err
-    check = subprocess.run([sys.executable, str(REPO / "tests" / "service_double.py"), "--config",
-                            str(write_config(tmp_path, broker.port)), "--check"], capture_output=True, text=True,
-                           env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "")}, timeout=30)
-    assert check.returncode == 0 and "OK (vehicle p1, source image_folder" in check.stdout
+    def check() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "tests" / "service_double.py"), "--config",
+                               str(write_config(tmp_path, broker.port)), "--check"], capture_output=True, text=True,
+                              env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "")}, timeout=30)
+
+    empty = check()  # --check also names the files the service could not open at start
+    assert empty.returncode == 2
+    assert "bundle_dir: no manifest.json in" in empty.stderr and "cache_dir: no manifest.json in" in empty.stderr
+    for name in ("bundle", "cache"):
+        (tmp_path / name / "manifest.json").write_text("{}")  # contents are verified at start, not by --check
+    ok = check()
+    assert ok.returncode == 0 and "OK (vehicle p1, source image_folder" in ok.stdout

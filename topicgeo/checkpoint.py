@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated / foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        if isinstance(exc, pickle.UnpicklingError):
+            # torch's own text suggests weights_only=False, i.e. running the file's pickle code: never for a file
+            # that is not a checkpoint of ours
+            why = "not a weights-only PyTorch checkpoint (no tensors and plain data could be read from it)"
+        else:  # truncated or foreign: torch's first line says which
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        raise CheckpointError(f"cannot read checkpoint {path}: {why}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a TopicGeo checkpoint (format {CHECKPOINT_FORMAT})")
     return payload

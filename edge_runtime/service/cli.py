@@ -70,6 +70,19 @@ def load_all(path: Path, locator_config_type: Any) -> tuple[ServiceConfig, Any]:
     return config, locator_config
 
 
+def missing_files(config: ServiceConfig) -> list[str]:
+    """What the service would fail to open at start (``--check``): the bundle, the map cache, the camera_info YAML.
+    Their contents are verified when the service opens them (hashes), not here."""
+    out = []
+    for key, folder in (("bundle_dir", config.bundle_dir), ("cache_dir", config.cache_dir)):
+        if not (Path(folder) / "manifest.json").is_file():
+            out.append(f"{key}: no manifest.json in {folder} ("
+                       + ("edge-export --out" if key == "bundle_dir" else "edge-maps build --out") + " writes one)")
+    if config.camera.info is not None and not Path(config.camera.info).is_file():
+        out.append(f"camera.info: {config.camera.info} is not a file")
+    return out
+
+
 def run(argv: Sequence[str] | None = None, locator_type: Any = None, locator_config_type: Any = None) -> int:
     """Parse arguments, load the config and run the service with ``locator_type`` (default: the real locator)."""
     args = build_parser().parse_args(argv)
@@ -85,6 +98,10 @@ def run(argv: Sequence[str] | None = None, locator_type: Any = None, locator_con
         return EXIT_CONFIG
     configure_logging(args.log_level or config.log_level)
     if args.check:
+        missing = missing_files(config)
+        if missing:
+            print(f"edge-runtime: {args.config}: " + "; ".join(missing), file=sys.stderr)
+            return EXIT_CONFIG
         print(f"{args.config}: OK (vehicle {config.vehicle_id}, source {config.source.kind}, "
               f"broker {config.mqtt.host}:{config.mqtt.port} MQTT {config.mqtt.protocol}, "
               f"poses on {config.topic('pose')}"

@@ -22,7 +22,7 @@ import os
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -224,6 +224,14 @@ class MqttLink:
         with self._lock:
             self._stopping = True
             connected = self._connected.is_set()
+            left = list(self._outbox)  # never reached a broker: counted and said, not dropped silently
+            self._outbox.clear()
+            for msg in left:
+                self._lost(msg.topic)
+        if left:
+            logger.warning("%d message(s) never reached the MQTT broker (%s:%d) before the stop: %s", len(left),
+                           self.config.host, self.config.port,
+                           ", ".join(f"{n} on {t}" for t, n in sorted(Counter(m.topic for m in left).items())))
         if connected and final_status is not None:
             info = self.client.publish(self.status_topic, final_status, qos=max(1, self.config.qos.status),
                                        retain=True, properties=self._props(None))

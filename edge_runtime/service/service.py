@@ -375,6 +375,11 @@ class Service:
         final = self._status(online=False, state="offline", event="offline", message=reason,
                              counters=self.counters_snapshot())
         self.link.stop(payloads.dumps(final))
+        c = self.counters_snapshot()  # after the stop: poses still waiting for a broker are counted as undelivered
+        logger.info("%d frames processed: %d poses (%d undelivered), %d no fix, %d errors; %d dropped by the queue",
+                    c.get("processed") or 0, c.get("poses") or 0, c.get("poses_undelivered") or 0,
+                    c.get("no_fix") or 0, sum(int(c.get(k) or 0) for k in ("frame_error", "locate_error")),
+                    c.get("frames_dropped") or 0)
         if self.source is not None:
             self.source.stop()
         self.notifier.close()
