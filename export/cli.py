@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("export").setLevel(logging.INFO)  # this tool's steps; the ONNX libraries' chatter stays off
+    # torch.onnx warns per graph that torchvision (not a dependency: no torchvision ops here) is not installed
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     from export.bundle_writer import ExportConfig, export_bundle
 
     try:
