@@ -39,7 +39,7 @@ import numpy as np
 
 from edge_runtime.atomic import atomic_write_bytes, replace_directory, sha256_file
 from edge_runtime.backends import BackendChoice, InferenceBackend, onnx_precision, open_graph
-from edge_runtime.bundle import Bundle, open_bundle
+from edge_runtime.bundle import Bundle, BundleError, open_bundle
 from edge_runtime.map_cache import (
     ARRAY_NAMES,
     CACHE_SCHEMA,
@@ -444,14 +444,15 @@ def plan_maps(paths: Sequence[str | os.PathLike[str]], config: BuildConfig, enco
 def plan_document(bundle: Bundle, encoder: EncoderSpec, config: BuildConfig, plans: Sequence[MapPlan]) -> dict:
     """The manifest without files and statistics: what a resumed build must match exactly."""
     overlap_px = overlap_pixels(encoder.tile_size, config.overlap, encoder.cell)
+    precision = encoder_precision(bundle, config.backend_choice())  # of the features, as computed
     doc = {
         "schema": CACHE_SCHEMA,
         "bundle": {
             "bundle_id": bundle.bundle_id,
             "manifest_sha256": sha256_file(Path(bundle.root) / "manifest.json"),
-            "encoder_sha256": encoder_sha256(bundle, encoder_precision(bundle, config.backend_choice())),
+            "encoder_sha256": encoder_sha256(bundle, precision),
             "encoder_backend": f"{config.backend}:{config.device}",  # a resumed build keeps one engine's features
-            "precision": encoder_precision(bundle, config.backend_choice()),  # of the features, as computed
+            "precision": precision,
             "tile_size": encoder.tile_size,
             "coarse_stride": encoder.cell,
             "coarse_dim": encoder.coarse_dim,
@@ -480,10 +481,12 @@ def check_encoder_precision(bundle: Bundle, choice: BackendChoice) -> None:
     if choice.backend != "onnxruntime":
         return  # TensorRT runs its engines (checked when the backend opens)
     precision = onnx_precision(bundle, choice)
-    if precision not in bundle.graphs["encoder_tile"].onnx:
+    try:
+        bundle.onnx_path("encoder_tile", precision)
+    except BundleError as exc:
         raise MapsError(f"bundle {bundle.root} has no {precision} encoder_tile graph (has "
                         f"{sorted(bundle.graphs['encoder_tile'].onnx)}): build with --precision auto or fp32, or "
-                        "export it with edge-export --precision fp16")
+                        "export it with edge-export --precision fp16") from exc
 
 
 # -- encoding ------------------------------------------------------------------------------------------------------

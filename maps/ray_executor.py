@@ -33,7 +33,7 @@ def require_ray() -> None:
 
 
 def _encoder_session(bundle_root: str, bundle_id: str, backend: str, device: str, threads: int,
-                     precision: str = "auto") -> Any:
+                     precision: str) -> Any:
     """This worker process's encoder backend for a bundle (opened and verified once per process)."""
     key = (bundle_root, bundle_id, backend, device, threads, precision)
     if key not in _SESSIONS:
@@ -56,12 +56,12 @@ def encode_chunk(
     backend: str,
     device: str,
     threads: int,
+    precision: str,
     source: str,
     read_spec: dict[str, Any],
     tiles: list[tuple[int, int, int]],
     encoder: EncoderSpec,
     min_valid_fraction: float,
-    precision: str = "auto",
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """Encode tiles ``(index, x0, y0)`` of one map (runs inside a Ray worker; also callable directly).
 
@@ -119,14 +119,13 @@ class RayRunner:
         step = self.config.tiles_per_task
         chunks = [tiles[k : k + step] for k in range(0, len(tiles), step)]
         args = (self.bundle_root, self.bundle_id, self.config.backend, self.config.device, self.config.threads,
-                str(plan.path), plan.read_spec.to_dict())
+                self.config.precision, str(plan.path), plan.read_spec.to_dict())
         pending: list[Any] = []
         next_chunk = 0
         try:
             while next_chunk < len(chunks) or pending:
                 while next_chunk < len(chunks) and len(pending) < self.max_in_flight:
-                    pending.append(self._remote.remote(*args, chunks[next_chunk], encoder, min_valid_fraction,
-                                                       self.config.precision))
+                    pending.append(self._remote.remote(*args, chunks[next_chunk], encoder, min_valid_fraction))
                     next_chunk += 1
                 ready, pending = ray.wait(pending, num_returns=1)
                 yield from ray.get(ready[0])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from edge_runtime.backends.base import BackendError, InferenceBackend
-from edge_runtime.bundle import Bundle, safe_name
+from edge_runtime.bundle import Bundle, BundleError, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +145,12 @@ def _onnxruntime(bundle: Bundle, graph: str, choice: BackendChoice) -> Inference
 
     entry = bundle.graphs[graph]
     precision = onnx_precision(bundle, choice)
-    if precision not in entry.onnx:
-        raise BackendError(f"bundle {bundle.root} has no {precision} ONNX of {graph!r} (has {sorted(entry.onnx)}); "
-                           "export it with edge-export --precision fp16, or ask for precision 'auto' or 'fp32'")
+    try:
+        path = bundle.onnx_path(graph, precision)
+    except BundleError as exc:  # the bundle lacks that precision's graph
+        raise BackendError(f"{exc}; export it with edge-export --precision fp16, or ask for precision 'auto' or "
+                           "'fp32'") from exc
     if precision != bundle.precision:
         logger.info("%s: ONNX Runtime on %s runs the bundle's %s graph, not its %s one (precision %r)", graph,
                     choice.device.upper(), precision, bundle.precision, choice.precision)
-    return OnnxRuntimeBackend(
-        bundle.onnx_path(graph, precision), entry.inputs, entry.outputs, precision, choice.device, choice.threads,
-        choice.spin,
-    )
+    return OnnxRuntimeBackend(path, entry.inputs, entry.outputs, precision, choice.device, choice.threads, choice.spin)

@@ -74,10 +74,10 @@ def missing_files(config: ServiceConfig) -> list[str]:
     """What the service would fail to open at start (``--check``): the bundle, the map cache, the camera_info YAML.
     Their contents are verified when the service opens them (hashes), not here."""
     out = []
-    for key, folder in (("bundle_dir", config.bundle_dir), ("cache_dir", config.cache_dir)):
+    for key, folder, writer in (("bundle_dir", config.bundle_dir, "edge-export --out"),
+                                ("cache_dir", config.cache_dir, "edge-maps build --out")):
         if not (Path(folder) / "manifest.json").is_file():
-            out.append(f"{key}: no manifest.json in {folder} ("
-                       + ("edge-export --out" if key == "bundle_dir" else "edge-maps build --out") + " writes one)")
+            out.append(f"{key}: no manifest.json in {folder} ({writer} writes one)")
     if config.camera.info is not None and not Path(config.camera.info).is_file():
         out.append(f"camera.info: {config.camera.info} is not a file")
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.atomic import atomic_write_bytes
-from topicgeo.checkpoint import load_model, read_checkpoint, save_checkpoint
+from topicgeo.checkpoint import model_from_payload, read_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +80,9 @@ def release(run: Path, evals: list[Path], out: Path, coarse_threshold: float | N
     ``max_level2_windows`` the number of level-1 matches refined at level 2 (the fine matcher's main cost).
     """
     log = read_log(run / "log.csv")
-    out.mkdir(parents=True, exist_ok=True)
-    plot_losses(log, out / "loss_curve.png")
-    return _write_release(run / "last.pt", loss_summary(log), evals, out, coarse_threshold, tuning, fine_threshold,
-                          min_inliers, acceptance, max_level2_windows, min_first_pass_inliers)
+    last = run / "last.pt"
+    return _write_release(last, read_checkpoint(last), loss_summary(log), evals, out, coarse_threshold, tuning,
+                          fine_threshold, min_inliers, acceptance, max_level2_windows, min_first_pass_inliers, log)
 
 
 def rerelease(checkpoint: Path, evals: list[Path], out: Path, coarse_threshold: float | None = None,
@@ -97,22 +96,23 @@ def rerelease(checkpoint: Path, evals: list[Path], out: Path, coarse_threshold: 
     Raises:
         ValueError: the checkpoint has no ``loss_summary`` (released before it was stored): release it from its run.
     """
-    summary = read_checkpoint(checkpoint).get("loss_summary")
+    payload = read_checkpoint(checkpoint)
+    summary = payload.get("loss_summary")
     if not summary:
         raise ValueError(f"{checkpoint} has no loss_summary (released before it was stored): release it from its run "
                          "directory with --run")
-    out.mkdir(parents=True, exist_ok=True)
-    return _write_release(checkpoint, summary, evals, out, coarse_threshold, tuning, fine_threshold, min_inliers,
-                          acceptance, max_level2_windows, min_first_pass_inliers)
+    return _write_release(checkpoint, payload, summary, evals, out, coarse_threshold, tuning, fine_threshold,
+                          min_inliers, acceptance, max_level2_windows, min_first_pass_inliers)
 
 
-def _write_release(checkpoint: Path, summary: dict[str, dict[str, float]], evals: list[Path], out: Path,
-                   coarse_threshold: float | None, tuning: Path | None, fine_threshold: float | None,
-                   min_inliers: int | None, acceptance: Path | None, max_level2_windows: int | None,
-                   min_first_pass_inliers: int | None) -> Path:
+def _write_release(checkpoint: Path, payload: dict[str, Any], summary: dict[str, dict[str, float]],
+                   evals: list[Path], out: Path, coarse_threshold: float | None, tuning: Path | None,
+                   fine_threshold: float | None, min_inliers: int | None, acceptance: Path | None,
+                   max_level2_windows: int | None, min_first_pass_inliers: int | None,
+                   log: dict[str, list[float]] | None = None) -> Path:
+    """The release of ``payload`` (read from ``checkpoint``); ``log``: the run's, for a new loss-curve picture."""
     # every input first: a bad path or report fails before anything in ``out`` is replaced
-    payload = read_checkpoint(checkpoint)
-    model = load_model(checkpoint)
+    model = model_from_payload(payload, checkpoint)
     reports = [json.loads(p.read_text()) for p in evals]
     tune = json.loads(tuning.read_text()) if tuning else None
     accept = json.loads(acceptance.read_text()) if acceptance else None
@@ -128,8 +128,11 @@ def _write_release(checkpoint: Path, summary: dict[str, dict[str, float]], evals
                      model.config.matching.max_level2_windows, model.config.matching.min_first_pass_inliers)
     # prompt_sha256: the run's own (of the float32 topics matrix), not the hash of the fp16 copy a re-release loads
     keep = {**{k: payload[k] for k in KEPT_KEYS if k in payload}, "loss_summary": summary}
+    out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "topicgeo_cpu.pt", model, keep, half=True)
     atomic_write_bytes(out / "MODEL_CARD.md", text.encode())
+    if log is not None:
+        plot_losses(log, out / "loss_curve.png")
     return out / "topicgeo_cpu.pt"
 
 
