@@ -192,6 +192,16 @@ class RecordingSubscriber:
         self.client.loop_stop()
 
 
+def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` seconds have passed; its value then (checked once more)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
 class TcpProxy:
     """A loopback TCP forwarder the test can cut (``down``) and restore (``up``): a network outage double.
 

@@ -31,6 +31,7 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from service_double import wait_until
 
 from edge_runtime.service.broker import free_port, mosquitto_executable, port_open
 
@@ -110,12 +111,7 @@ class PersistentRecorder:
             return [m for t, m in self.messages if t == topic]
 
     def wait(self, predicate: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return predicate()
+        return wait_until(predicate, timeout)
 
     def close(self) -> None:
         self.client.disconnect()

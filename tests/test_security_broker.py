@@ -28,6 +28,7 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from service_double import wait_until
 
 from edge_runtime.service.broker import LocalMosquitto, free_port, mosquitto_executable
 from edge_runtime.service.config import MqttConfig, TlsConfig
@@ -129,15 +130,6 @@ class TlsClient:
         self.client.loop_stop()
 
 
-def _wait(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def _link(pki: Path, port: int, user: str = "uav01", **tls: Any) -> MqttLink:
     tls_config = TlsConfig(enabled=True, ca_certs=pki / "ca.crt", certfile=pki / f"{user}.crt",
                            keyfile=pki / f"{user}.key", **tls)
@@ -159,7 +151,7 @@ def test_the_acl_confines_a_vehicle_to_its_own_topics(pki, secure_broker):
         uav01.publish("topicgeo/v1/uav02/status", b"forged qos0", qos=0)
         assert uav01.publish("topicgeo/v1/fleet/cmd", b"outside the vehicle's tree") == "Not authorized"
         assert uav02.publish("topicgeo/v1/uav02/pose", b"uav02 own") == "Success"
-        assert _wait(lambda: "topicgeo/v1/uav02/pose" in ops.topics())
+        assert wait_until(lambda: "topicgeo/v1/uav02/pose" in ops.topics(), 10.0)
         time.sleep(0.3)  # anything forged would have arrived by now
         assert sorted(ops.messages) == [("topicgeo/v1/uav01/pose", b"own"), ("topicgeo/v1/uav02/pose", b"uav02 own")]
         assert uav01.messages == []  # may not read another vehicle's topics either
@@ -249,7 +241,7 @@ def test_a_tls_link_never_sends_plaintext_and_a_plain_one_would(pki, monkeypatch
     link = _link(pki, recorder.port)
     try:
         link.start()
-        assert _wait(lambda: recorder.connections >= 1 and len(recorder.data) > 5, 10)
+        assert wait_until(lambda: recorder.connections >= 1 and len(recorder.data) > 5, 10)
         assert not link.wait_connected(0.5)
         assert recorder.data[0] == 0x16 and recorder.data[1] == 0x03  # a TLS handshake record, not MQTT CONNECT
         assert password not in recorder.data and b"uav01" not in recorder.data[:2]
@@ -263,7 +255,7 @@ def test_a_tls_link_never_sends_plaintext_and_a_plain_one_would(pki, monkeypatch
                      "topicgeo/v1/uav01/status", b"{}", lambda: b"{}")
     try:
         plain.start()
-        assert _wait(lambda: password in plain_recorder.data, 10)
+        assert wait_until(lambda: password in plain_recorder.data, 10)
         assert plain_recorder.data[0] == 0x10  # CONNECT
     finally:
         plain.stop(None)
@@ -374,7 +366,7 @@ def test_the_password_never_appears_in_logs_status_or_on_the_wire(pki, secure_br
         # a wrong password first (refused connections are logged as errors), then the right one through a recorder
         _run_service(tmp_path, secure_broker.port, pki, "not-the-" + PASSWORDS["uav01"], log, seconds=4.0)
         _run_service(tmp_path, proxy.port, pki, PASSWORDS["uav01"], log, seconds=5.0)
-        assert _wait(lambda: any(t == "topicgeo/v1/uav01/pose" for t in ops.topics()), 5)
+        assert wait_until(lambda: any(t == "topicgeo/v1/uav01/pose" for t in ops.topics()), 5)
     finally:
         proxy.close()
         ops.close()

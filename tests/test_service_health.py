@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service_double import DoubleLocator, DoubleLocatorConfig
+from service_double import DoubleLocator, DoubleLocatorConfig, wait_until
 
 from edge_runtime.service.config import ServiceConfig, load_config
 from edge_runtime.service.sdnotify import Notifier
@@ -94,15 +94,6 @@ def test_a_silent_live_source_is_unhealthy(tmp_path):
 def outbox(service: Service, event: str) -> list[dict]:
     """The status messages of one event waiting in the (never connected) link's outbox."""
     return [m for m in (json.loads(p.payload) for p in service.link._outbox) if m["event"] == event]
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.mark.parametrize("t_capture", ["1e20", "nan", "inf", "-1", "1.7e12", "1.7e18", "soon"])

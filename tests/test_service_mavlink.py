@@ -30,7 +30,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from service_double import DoubleLocator, DoubleLocatorConfig, RecordingSubscriber
+from service_double import DoubleLocator, DoubleLocatorConfig, RecordingSubscriber, wait_until
 
 from edge_runtime.service import payloads
 from edge_runtime.service.broker import LocalMosquitto, mosquitto_executable
@@ -207,15 +207,6 @@ class FlightController:
         for t in self._threads:
             t.join(2.0)
         self.sock.close()
-
-
-def wait_until(pred, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
 
 
 def iso_to_unix(text: str) -> float:
