@@ -15,9 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.service.config import ConfigError, ServiceConfig, load_config, parse_section
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from edge_runtime.service.config import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    ConfigError,
+    ServiceConfig,
+    load_config,
+    parse_section,
+)
 
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

@@ -32,6 +32,9 @@ from edge_runtime.mavlink.config import MavlinkConfig, MavlinkConfigError
 
 T = TypeVar("T")
 
+#: the service process's exit statuses: clean stop, failure (systemd restarts it), configuration error (it does not)
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
 VEHICLE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

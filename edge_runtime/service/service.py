@@ -44,8 +44,7 @@ from calibration.camera_info import CameraInfo, read_camera_info, same_aspect
 from calibration.exif import camera_from_metadata, jpeg_pixel_size, jpeg_segments
 from edge_runtime.mavlink.bridge import MavlinkBridge
 from edge_runtime.service import payloads
-from edge_runtime.service.cli import EXIT_CONFIG, EXIT_FAILED
-from edge_runtime.service.config import ServiceConfig
+from edge_runtime.service.config import EXIT_CONFIG, EXIT_FAILED, ServiceConfig
 from edge_runtime.service.frame_queue import LatestFrameQueue, QueueClosed
 from edge_runtime.service.mqtt import MqttConfigError, MqttLink
 from edge_runtime.service.sdnotify import Notifier, NotifyError, watchdog_interval_s
