@@ -4,7 +4,9 @@ For each offered frame rate the service runs in its own process (so the peak RSS
 folder (default: the 512 x 288 Brighton frames of ``tests/data/service/frames`` with their EXIF/XMP priors and EXIF
 intrinsics) with the live-camera queue (``latest``, one frame: lagging = dropping), publishing to a loopback
 mosquitto. Reported per rate: per-stage and end-to-end latency (median, p95) over the measured frames, frames offered /
-processed / dropped, poses and "no fix" counts, throughput, and the peak RSS of the service process.
+processed / dropped, poses and "no fix" counts, throughput, and the peak RSS of the service process. Counts are over
+the measured window: frames processed in it may exceed those offered in it by the one or two frames queued or in
+flight at its start.
 
 Stages: ``queue_wait`` (frame read -> taken by the loop), ``decode`` (JPEG -> RGB, size check), ``priors``
 (EXIF/XMP and intrinsics), ``locate`` (the locator call) with its own stages as ``locator.<stage>``, ``end_to_end``

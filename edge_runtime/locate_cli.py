@@ -7,10 +7,11 @@ Contract (benchmarks rely on it): ``image``, ``ok``, and when ok ``map_id``, ``f
 ``candidates`` lists the maps of the best-scoring query canvas's retrieval ranking (the fix, verified from up to
 three hypotheses of any canvas, need not be among them); ``confidence`` is the retrieval score of the place the fix
 (or the rejection) came from. Exit status: 0 when every image got a fix, 1 when some did not (each has its
-``reason``), 2 when the locator could not start (bundle, cache or backend).
+``reason``), 2 when the locator could not start (bundle, cache, backend or the ``--calibration`` file).
 
 Every image is located on its own unless ``--sequence`` says they are consecutive frames of one flight (then the
-locator's temporal prior searches near the last fix first, as the onboard service does).
+locator's temporal prior searches near the last fix first, as the onboard service does). ``--near LAT,LON`` (a position
+prior, e.g. the last GNSS fix) searches the maps within ``--near-radius-m`` of that point first, then every map.
 """
 
 from __future__ import annotations
@@ -160,6 +161,16 @@ def write_viz(path: Path, frame: np.ndarray, result: LocateResult, locator: Loca
     write_rgb_png(str(path), picture)
 
 
+def _lat_lon(text: str) -> tuple[float, float]:
+    """``LAT,LON`` in WGS84 degrees (argparse type)."""
+    try:
+        lat, lon = (float(v) for v in text.split(","))
+        Priors(near_lat=lat, near_lon=lon)  # the range checks
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r} ({exc})") from exc
+    return lat, lon
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-locate``."""
     parser = argparse.ArgumentParser(prog="edge-locate", description=__doc__,
@@ -172,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--altitude", type=float, help="altitude above ground in metres (overrides EXIF)")
     group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
     parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
+    parser.add_argument("--near", metavar="LAT,LON", type=_lat_lon,
+                        help="WGS84 degrees of a point the images are expected near (e.g. the last GNSS fix): the "
+                             "maps around it are searched first, then every map")
+    parser.add_argument("--near-radius-m", type=float,
+                        help=f"how far from --near to search first (default {LocatorConfig.prior_radius_m:g} m)")
     parser.add_argument("--utc-offset-h", type=float, default=0.0,
                         help="hours local time is ahead of UTC, for EXIF capture times without an offset tag "
                              "(DJI writes local time; default %(default)s)")
@@ -199,17 +215,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true", help="skip hash verification of bundle and cache")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    for name in ("altitude", "gsd"):
+    for name in ("altitude", "gsd", "near_radius_m"):
         value = getattr(args, name)
         if value is not None and not (np.isfinite(value) and value > 0):
-            parser.error(f"--{name} must be a positive number, got {value}")
+            parser.error(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+    near: dict[str, float | None] = {}
+    if args.near is not None:
+        near = {"near_lat": args.near[0], "near_lon": args.near[1], "near_radius_m": args.near_radius_m}
+    elif args.near_radius_m is not None:
+        parser.error("--near-radius-m needs --near")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     camera = None
     if args.calibration:
         from calibration.camera_info import read_camera_info
 
-        camera = read_camera_info(args.calibration)
+        try:
+            camera = read_camera_info(args.calibration)
+        except (OSError, ValueError) as exc:  # missing, unreadable, not YAML, not camera_info
+            print(f"edge-locate: error: --calibration: {exc}", file=sys.stderr)
+            return 2
     try:
         config = LocatorConfig(backend=BackendChoice(args.backend, allow_fallback=args.allow_fallback,
                                                      precision=args.precision),
@@ -234,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             priors, exif_camera = frame_priors(image, frame.shape[:2], args.altitude, args.gsd, not args.no_exif,
                                                args.sensor_width_mm, args.utc_offset_h,
                                                fallback_35mm=not args.exact_intrinsics, need_camera=camera is None)
+            if near:
+                priors = replace(priors, **near)
             cam = camera if camera is not None else exif_camera
             if cam is not None and cam.size != (frame.shape[1], frame.shape[0]):
                 cam = cam.scaled(frame.shape[1], frame.shape[0])

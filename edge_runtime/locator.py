@@ -11,8 +11,9 @@ Stages of :meth:`Locator.locate` (each timed in ``latency_ms``):
    of that map's cached coarse cells at once (one matrix product over the whole map, overlapping tiles deduplicated
    to one feature per map cell), then the geometric-consistency confidence of the matches; maps rank by it. The
    softmax spans the whole map as in ``topicgeo-eval`` (a per-tile softmax finds a confident partner for every
-   query cell in any tile and loses the evidence that one place matches better than all others). A temporal prior
-   searches near the last good fix first and widens to all maps when the confidence drops.
+   query cell in any tile and loses the evidence that one place matches better than all others). A position prior
+   (``Priors.near_lat`` / ``near_lon``, e.g. the last GNSS fix) or the temporal prior (the last good fix) is searched
+   first, widening to all maps when the confidence drops or nothing there is accepted.
 4. ``read_roi`` + ``encode_roi``: the region of interest around the retrieved location, read (windowed) from the
    original raster and encoded with the tile encoder; skipped when a region kept from an earlier frame lies close
    enough (``LocatorConfig.roi_cache_size``, :mod:`edge_runtime.region_cache`).
@@ -144,7 +145,8 @@ class LocatorConfig:
             prior now helps the queries of the plot just found), at 280 / 548 ms median / p95 against 177 / 331
             (a frame that fails near the last fix pays for a second fine stage; stage-4 checkpoint,
             ``benchmarks/results/2026-12-06_cpu_independent`` and its ``sequence/``).
-        prior_radius_m: the temporal prior searches tiles within this distance of the last fix first.
+        prior_radius_m: the temporal prior searches tiles within this distance of the last fix first; so does a
+            position prior (``Priors.near_lat`` / ``near_lon``) without its own ``near_radius_m``.
         refine: verify a hypothesis in two passes. The first fit (frame matched as encoded for retrieval: turned by a
             quarter turn, never rectified) predicts where the frame lies on the region of interest; the frame is then
             re-rendered north-up and rectified on that region's grid, encoded again and matched with coarse matches
@@ -542,6 +544,7 @@ class Locator:
         unscaled = frozenset(m for m in self.cells if self.cache.map(m).overview == 1)
         self.unscaled_ids: frozenset[str] | None = None if unscaled == frozenset(self.cells) else unscaled
         self.last_fix: tuple[str, np.ndarray] | None = None  # (map id, frame centre in that map's pixels)
+        self._warned_unusable_altitude = False  # an altitude prior without intrinsics: said once per locator
         self.regions = RegionCache(config.roi_cache_size, round(config.roi_reuse_fraction * self.tile_size))
 
     # ------------------------------------------------------------------ construction
@@ -604,20 +607,33 @@ class Locator:
         return self.selections["fine_matcher"].backend.run(feeds)
 
     # ------------------------------------------------------------------ retrieval
-    def search_area(self) -> dict[str, np.ndarray] | None:
-        """Temporal prior: the cells of the last fix's map (and of its overview levels) within ``prior_radius_m`` of
-        it (``{entry id: (M,) bool}``), or None (every map, every cell) when there is no fix to start from or the
-        config has no ``temporal_prior``."""
-        if self.last_fix is None or not self.config.temporal_prior:
+    def search_area(self, priors: Priors | None = None) -> dict[str, np.ndarray] | None:
+        """Where to search first (``{entry id: (M,) bool}`` over each map entry's cells), or None (every map, every
+        cell).
+
+        A position prior (``priors.near_lat`` / ``near_lon``) gives the cells of every map within ``near_radius_m``
+        (default ``prior_radius_m``) of that point, on each map's levels; without one, the temporal prior gives the
+        cells of the last fix's map (and its levels) within ``prior_radius_m`` of it, when the config has
+        ``temporal_prior``. A map entry the point is far from gets an all-False mask.
+        """
+        if priors is not None and priors.near_lat is not None and priors.near_lon is not None:
+            point = np.array([[priors.near_lon, priors.near_lat]], dtype=np.float64)
+            radius_m = priors.near_radius_m or self.config.prior_radius_m
+            bases = {self.cache.map(m).base_id for m in self.cells}
+            centres = {b: self.cache.map(b).georef.lonlat_to_pixels(point)[0] for b in bases}
+        elif self.last_fix is not None and self.config.temporal_prior:
+            map_id, xy = self.last_fix
+            radius_m = self.config.prior_radius_m
+            centres = {map_id: np.asarray(xy, dtype=np.float64)}
+        else:
             return None
-        map_id, xy = self.last_fix
         area = {}
         for entry_id, cells in self.cells.items():
             entry = self.cache.map(entry_id)
-            if entry.base_id != map_id:
+            if entry.base_id not in centres:
                 continue
-            at = project_points(np.linalg.inv(entry.to_base_px), np.asarray(xy, dtype=np.float64)[None])[0]
-            radius_px = self.config.prior_radius_m / entry.georef.gsd_m + self.tile_size / 2
+            at = project_points(np.linalg.inv(entry.to_base_px), centres[entry.base_id][None])[0]
+            radius_px = radius_m / entry.georef.gsd_m + self.tile_size / 2
             area[entry_id] = np.linalg.norm(cells.centres_px - at, axis=1) <= radius_px
         return area
 
@@ -668,7 +684,9 @@ class Locator:
         ``target_ratio`` times its footprint there (one plan per distinct content size, so a cache that mixes a
         0.25 m and a 0.5 m orthophoto shows each map a query at its own scale; sizes within ``PLAN_MERGE_RATIO`` of
         each other share one plan and its median size); without one, every content scale of the config is tried
-        against every map on its own pixels and on its zoom-in levels (``edge-maps build --zooms``).
+        against every map on its own pixels and on its zoom-in levels (``edge-maps build --zooms``). An altitude
+        without intrinsics cannot scale the frame: it is searched as without one, and a warning says so (once per
+        locator).
         """
         if priors.frame_gsd_m is not None:
             frame_gsd = float(priors.frame_gsd_m)
@@ -676,6 +694,11 @@ class Locator:
             seen_by = frame_camera(camera)  # the pinhole of the undistorted frame the locator matches
             frame_gsd = priors.altitude_agl_m / math.sqrt(seen_by.fx * seen_by.fy)
         else:
+            if priors.altitude_agl_m is not None and not self._warned_unusable_altitude:
+                self._warned_unusable_altitude = True
+                logger.warning("an altitude prior (%.1f m) without camera intrinsics cannot scale the frame: searched "
+                               "without a scale prior (give a camera_info calibration, intrinsics in the EXIF or a "
+                               "sensor width, or the frame's GSD instead of the altitude)", priors.altitude_agl_m)
             return [QueryPlan(s * self.query_size, {}, self.unscaled_ids) for s in self.config.content_scales]
         levels: dict[str, dict[float, str]] = {}  # base map -> {scale (base px per entry px): entry id}
         for m in self.cells:
@@ -720,7 +743,7 @@ class Locator:
         rotations = (priors.yaw_deg,) if priors.yaw_deg is not None else self.config.search_rotations_deg
         lat["prepare"] = _ms(t0)
 
-        area = self.search_area()  # temporal prior: the same for every scale and rotation of this frame
+        area = self.search_area(priors)  # position or temporal prior: the same for every canvas of this frame
         canvases = []  # (prepared, encoded, plan, rotation): each canvas is encoded once per frame
         for plan, rotation in itertools.product(plans, rotations):
             t = time.perf_counter()

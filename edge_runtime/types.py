@@ -18,6 +18,10 @@ class Priors:
             nadir camera with the image top to the north = (0, 0, 0)).
         capture_time: capture time, seconds since the Unix epoch (UTC).
         frame_gsd_m: ground sampling distance of the frame in metres per pixel, when known directly.
+        near_lat, near_lon: WGS84 degrees of a point the frame is expected near (the last GNSS fix before it was
+            lost, the autopilot's dead-reckoned position, an operator's estimate): the locator searches the maps'
+            cells within ``near_radius_m`` of it first, then every map (as after its own last fix). Both or neither.
+        near_radius_m: how far from that point to search first (metres; None: the locator's ``prior_radius_m``).
         source: where the priors came from (``exif``, ``mqtt``, ``mavlink``, ``none``).
     """
 
@@ -28,12 +32,23 @@ class Priors:
     capture_time: float | None = None
     frame_gsd_m: float | None = None
     source: str = "none"
+    near_lat: float | None = None
+    near_lon: float | None = None
+    near_radius_m: float | None = None
 
     def __post_init__(self) -> None:
-        if self.altitude_agl_m is not None and not (np.isfinite(self.altitude_agl_m) and self.altitude_agl_m > 0):
-            raise ValueError(f"altitude_agl_m must be a positive finite number, got {self.altitude_agl_m}")
-        if self.frame_gsd_m is not None and not (np.isfinite(self.frame_gsd_m) and self.frame_gsd_m > 0):
-            raise ValueError(f"frame_gsd_m must be a positive finite number, got {self.frame_gsd_m}")
+        for name in ("altitude_agl_m", "frame_gsd_m", "near_radius_m"):
+            value = getattr(self, name)
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if (self.near_lat is None) != (self.near_lon is None):
+            raise ValueError("near_lat and near_lon go together: give both or neither")
+        if self.near_lat is not None and not (np.isfinite(self.near_lat) and -90.0 <= self.near_lat <= 90.0):
+            raise ValueError(f"near_lat must be a latitude in [-90, 90] degrees, got {self.near_lat}")
+        if self.near_lon is not None and not (np.isfinite(self.near_lon) and -180.0 <= self.near_lon <= 180.0):
+            raise ValueError(f"near_lon must be a longitude in [-180, 180] degrees, got {self.near_lon}")
+        if self.near_radius_m is not None and self.near_lat is None:
+            raise ValueError("near_radius_m needs near_lat and near_lon")
 
 
 @dataclass(frozen=True)

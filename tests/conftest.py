@@ -83,3 +83,23 @@ def map_paths(data_dir: Path) -> list[Path]:
         data_dir / "sjer" / "2018" / "SJER_002.tif",
         data_dir / "naip" / "naip_nd_20150926_x340_y330.tif",
     ]
+
+
+DEMO = Path(__file__).resolve().parent.parent / "demo_data" / "brighton"
+
+
+@pytest.fixture(scope="session")
+def reference_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The vehicle's artefacts for the bundled Brighton demo: an fp32 bundle (512-px query and tiles) exported from the
+    committed reference checkpoint and the map cache of the bundled orthophotos, built once per session (skips when the
+    checkpoint is not committed). Returns ``(bundle, cache)``."""
+    if not REFERENCE.exists():
+        pytest.skip("reference checkpoint not committed")
+    from export.bundle_writer import ExportConfig, export_bundle
+    from maps.build import BuildConfig, build_cache
+
+    work = tmp_path_factory.mktemp("reference_demo")
+    bundle = export_bundle(REFERENCE, work / "bundle", ExportConfig("fp32", 512, 512, build_engines=False))
+    cache = work / "cache"
+    build_cache(bundle, sorted((DEMO / "maps").glob("*.tif")), cache, BuildConfig(progress=False))
+    return bundle, cache

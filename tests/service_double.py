@@ -142,7 +142,8 @@ class RecordingSubscriber:
     """An MQTT client that records every message on the topics it subscribes to (thread-safe)."""
 
     def __init__(self, port: int, topics: list[str], protocol: str = "v5", client_id: str = "recorder",
-                 ca_certs: str | None = None, username: str | None = None, password: str | None = None) -> None:
+                 ca_certs: str | None = None, username: str | None = None, password: str | None = None,
+                 qos: int = 1) -> None:
         proto = MQTTProtocolVersion.MQTTv5 if protocol == "v5" else MQTTProtocolVersion.MQTTv311
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto)
         if ca_certs:
@@ -150,6 +151,7 @@ class RecordingSubscriber:
         if username:
             self.client.username_pw_set(username, password)
         self.topics = topics
+        self.qos = qos  # the subscription's QoS: a message arrives at min(its publish QoS, this)
         self.messages: list[paho.MQTTMessage] = []
         self._cond = threading.Condition()
         self.subscribed = threading.Event()
@@ -164,7 +166,7 @@ class RecordingSubscriber:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         for topic in self.topics:
-            client.subscribe(topic, 1)
+            client.subscribe(topic, self.qos)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         with self._cond:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -243,6 +245,112 @@ def test_a_calibration_file_skips_the_exif_intrinsics(monkeypatch: pytest.Monkey
     monkeypatch.setattr(exif, "camera_from_metadata", refuse)
     priors, camera = frame_priors(frame, (900, 1600), None, None, need_camera=False)
     assert camera is None and priors.altitude_agl_m is not None and priors.yaw_deg is not None
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "does not exist"),
+    ("a: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "camera_info"),
+])
+def test_a_bad_calibration_file_is_a_clear_error(content: str | None, message: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing, malformed or non-camera_info ``--calibration`` file: exit 2 (could not start) with the file named,
+    not a traceback and exit 1 (which says "some image not located")."""
+    calibration = tmp_path / "camera.yaml"
+    if content is not None:
+        calibration.write_text(content)
+    code = main(["--bundle", str(tmp_path / "b"), "--cache", str(tmp_path / "c"), "--calibration", str(calibration),
+                 "x.jpg"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "edge-locate: error: --calibration" in err and str(calibration) in err and message in err
+
+
+def test_an_altitude_without_intrinsics_is_searched_unscaled_and_said(
+        tiny_bundle: Path, sjer_cache: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An altitude cannot scale a frame without intrinsics: the locator searches as without a scale prior and warns,
+    once per locator (a service at 2 fps would otherwise log it twice a second)."""
+    locator = Locator.open(tiny_bundle, sjer_cache, LocatorConfig())
+    unscaled = locator.query_plans((288, 512), Priors(), None)
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.locator"):
+        for _ in range(2):
+            plans = locator.query_plans((288, 512), Priors(altitude_agl_m=40.0), None)
+            assert [(p.content_px, p.map_ids) for p in plans] == [(p.content_px, p.map_ids) for p in unscaled]
+    warnings = [r for r in caplog.records if "without camera intrinsics" in r.getMessage()]
+    assert len(warnings) == 1 and "40.0 m" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"near_lat": 36.9}, "go together"),
+    ({"near_lat": 95.0, "near_lon": 1.0}, "near_lat must be a latitude"),
+    ({"near_lat": 1.0, "near_lon": float("nan")}, "near_lon must be a longitude"),
+    ({"near_radius_m": 50.0}, "needs near_lat"),
+    ({"near_lat": 1.0, "near_lon": 2.0, "near_radius_m": 0.0}, "near_radius_m must be a positive"),
+])
+def test_a_position_prior_is_validated(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Priors(**kwargs)
+
+
+def test_a_position_prior_searches_the_maps_around_it_first(tiny_bundle: Path, sjer_cache: Path,
+                                                            data_dir: Path) -> None:
+    """``Priors.near_lat`` / ``near_lon`` (e.g. the last GNSS fix): the cells within the radius of that point, on
+    whichever map holds it, are searched first (an input: with or without the temporal prior, before the locator's
+    own last fix); a point off every map leaves nothing to search first, so the frame gets the search of every map."""
+    loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(temporal_prior=False))
+    entry = loc.cache.map("SJER_009")
+    centre = np.array([entry.georef.width / 2, entry.georef.height / 2])
+    lon, lat = entry.georef.pixels_to_lonlat(centre[None])[0]
+    near = Priors(near_lat=float(lat), near_lon=float(lon), near_radius_m=5.0)
+    area = loc.search_area(near)
+    assert {loc.cache.map(m).base_id for m, mask in area.items() if mask.any()} == {"SJER_009"}
+    picked = loc.cells["SJER_009"].centres_px[area["SJER_009"]]
+    assert np.all(np.linalg.norm(picked - centre, axis=1) <= 5.0 / entry.georef.gsd_m + loc.tile_size / 2)
+    loc.last_fix = ("SJER_002", np.array([10.0, 10.0]))
+    loc.config = replace(loc.config, temporal_prior=True)
+    assert {m: mask.tolist() for m, mask in loc.search_area(near).items()} == \
+        {m: mask.tolist() for m, mask in area.items()}  # the given point, not the locator's own last fix
+    far = loc.search_area(Priors(near_lat=0.0, near_lon=0.0))
+    assert far and not any(mask.any() for mask in far.values())
+
+    with GeoRaster(data_dir / "sjer" / "2017" / "SJER_009.tif") as raster:
+        image, _ = raster.read_rgb()
+    query = np.ascontiguousarray(image[40:340, 60:360])
+    results = []
+    for priors in (Priors(), Priors(near_lat=0.0, near_lon=0.0), near):
+        loc.last_fix = None
+        results.append(loc.locate(query, priors))
+    plain, off_map, nearby = results
+    assert (off_map.ok, off_map.map_id, off_map.inliers) == (plain.ok, plain.map_id, plain.inliers)
+    assert off_map.extra["widened"] and not plain.extra["widened"]
+    # the first hypotheses verified are those near the point (then, none accepted, every map's)
+    first = nearby.extra["verified"][: loc.config.verify_candidates]
+    assert len(first) == loc.config.verify_candidates and {v["map_id"] for v in first} == {"SJER_009"}
+
+
+def test_edge_locate_near_flag_reaches_the_priors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import edge_runtime.locate_cli as cli
+
+    seen: list[Priors] = []
+
+    class Recording:
+        def locate(self, frame: np.ndarray, priors: Priors, camera: object) -> LocateResult:
+            seen.append(priors)
+            return LocateResult.failure("recorded")
+
+    monkeypatch.setattr(cli.Locator, "open", staticmethod(lambda *a: Recording()))
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.full((64, 64, 3), 100, np.uint8))
+    assert main(["--bundle", str(tmp_path), "--cache", str(tmp_path), "--near", "46.8425,-91.9937",
+                 "--near-radius-m", "400", str(image)]) == 1
+    assert (seen[0].near_lat, seen[0].near_lon, seen[0].near_radius_m) == (46.8425, -91.9937, 400.0)
+    for bad in (["--near", "46.8"], ["--near", "91,0"], ["--near-radius-m", "50"],
+                ["--near", "1,2", "--near-radius-m", "-3"]):
+        with pytest.raises(SystemExit):
+            main(["--bundle", str(tmp_path), "--cache", str(tmp_path), *bad, str(image)])
+    err = capsys.readouterr().err
+    assert "expected LAT,LON" in err and "--near-radius-m needs --near" in err and "positive number" in err
 
 
 def test_edge_locate_precision_flag_reaches_the_backend(tiny_bundle: Path, sjer_cache: Path,
@@ -579,7 +687,7 @@ class _PriorLocator(Locator):
     def _encode(self, graph, image, cell_valid):
         return {"coarse": np.zeros((1, 1, 4), np.float32)}
 
-    def search_area(self):
+    def search_area(self, priors=None):
         return {"m": np.ones(1, bool)} if self.last_fix is not None else None
 
     def retrieve(self, coarse_q, valid_q, area=None, map_ids=None):

@@ -44,15 +44,8 @@ pytestmark = pytest.mark.skipif(not REFERENCE.exists(), reason="reference checkp
 
 
 @pytest.fixture(scope="module")
-def locator(tmp_path_factory: pytest.TempPathFactory) -> Locator:
-    from export.bundle_writer import ExportConfig, export_bundle
-    from maps.build import BuildConfig, build_cache
-
-    work = tmp_path_factory.mktemp("accuracy")
-    bundle = export_bundle(REFERENCE, work / "bundle", ExportConfig("fp32", 512, 512, build_engines=False))
-    cache = work / "cache"
-    build_cache(bundle, sorted((DEMO / "maps").glob("*.tif")), cache, BuildConfig(progress=False))
-    return Locator.open(bundle, cache, LocatorConfig())
+def locator(reference_demo: tuple[Path, Path]) -> Locator:
+    return Locator.open(*reference_demo, LocatorConfig())
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +153,49 @@ def test_a_fix_never_contradicts_the_yaw_prior(locator: Locator) -> None:
                 assert heading_difference(result.heading_deg, given.yaw_deg) <= limit, (path.name, offset)
             else:
                 assert result.reason
+
+
+@pytest.mark.slow
+def test_the_demo_prints_and_records_what_the_locator_finds(reference_demo: tuple[Path, Path], locator: Locator,
+                                                            truth: dict, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``scripts/demo_brighton.py`` without ``--service`` (its export and cache reused): ``edge-locate --sequence`` on
+    the bundled frames, each frame's outcome and error against the SfM position in its table and report, and the
+    footprints picture. The outcomes are the locator's on the same frames in the same order."""
+    import importlib.util
+
+    import cv2
+
+    spec = importlib.util.spec_from_file_location("demo_brighton", REPO / "scripts" / "demo_brighton.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name, path in zip(("bundle", "cache"), reference_demo, strict=True):
+        (out / name).symlink_to(path)
+    assert demo.main(["--out", str(out), "--reuse"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    frames = sorted((DEMO / "frames").glob("*.JPG"))
+    assert [Path(r["image"]).name for r in report["frames"]] == [p.name for p in frames]
+    locator.last_fix = None  # the demo's frames are one flight: the temporal prior carries from frame to frame
+    errors = []
+    for path, record in zip(frames, report["frames"], strict=True):
+        frame = read_frame(path)
+        priors, camera = frame_priors(path, frame.shape[:2], None, None, True, PHANTOM3_SENSOR_WIDTH_MM)
+        expected = locator.locate(frame, priors, camera)
+        assert record["ok"] == expected.ok, (path.name, record, expected.reason)
+        if expected.ok:
+            assert haversine_m(record["lat"], record["lon"], expected.lat, expected.lon) <= 0.01
+            errors.append(haversine_m(expected.lat, expected.lon, *truth[path.name]))
+            assert f"{errors[-1]:8.2f}" in printed  # the table's error column
+        else:
+            assert record["reason"] == expected.reason
+    summary = report["summary"]
+    assert summary["frames"] == len(frames) and summary["located"] == len(errors)
+    if errors:
+        assert summary["median_error_m"] == pytest.approx(float(np.median(errors)), abs=0.01)
+    assert cv2.imread(str(out / "footprints.png")) is not None
 
 
 def test_heading_difference_wraps_around_north() -> None:

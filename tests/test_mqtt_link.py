@@ -80,13 +80,15 @@ def test_birth_is_retained_and_clean_stop_leaves_offline(broker, protocol):
     assert retained_status(broker.port) == {"online": False, "event": "offline"}  # not the will: a clean stop
 
 
-def test_last_will_when_the_process_dies(broker, tmp_path):
+@pytest.mark.parametrize("protocol", ["v5", "v311"])
+def test_last_will_when_the_process_dies(broker, tmp_path, protocol):
     code = f"""
 import json, sys, time
 from edge_runtime.service.config import MqttConfig
 from edge_runtime.service.mqtt import MqttLink
-link = MqttLink(MqttConfig(port={broker.port}), "doomed", "{STATUS}", json.dumps({{"online": False,
-                "event": "will"}}).encode(), lambda: json.dumps({{"online": True, "event": "birth"}}).encode())
+link = MqttLink(MqttConfig(port={broker.port}, protocol="{protocol}"), "doomed", "{STATUS}",
+                json.dumps({{"online": False, "event": "will"}}).encode(),
+                lambda: json.dumps({{"online": True, "event": "birth"}}).encode())
 link.start()
 assert link.wait_connected(5)
 print("connected", flush=True)
@@ -105,10 +107,11 @@ time.sleep(60)
         proc.wait()
 
 
-def test_outbox_is_bounded_and_flushed_after_an_outage(broker):
+@pytest.mark.parametrize("protocol", ["v5", "v311"])
+def test_outbox_is_bounded_and_flushed_after_an_outage(broker, protocol):
     proxy = TcpProxy(broker.port, free_port()).up()
     sub = RecordingSubscriber(broker.port, [POSE, STATUS], client_id="watcher")
-    link = make_link(proxy.port, outbox_max=4)
+    link = make_link(proxy.port, protocol, outbox_max=4)
     link.start()
     try:
         assert link.wait_connected(5)
@@ -240,14 +243,17 @@ def test_missing_password_variable_is_a_config_error(monkeypatch):
         make_link(1883, username="u", password_env="TOPICGEO_TEST_UNSET_PASSWORD")
 
 
-def test_qos_per_topic_is_used(broker):
-    link = make_link(broker.port, qos=QosConfig(pose=1, status=1))
-    sub = RecordingSubscriber(broker.port, [STATUS], client_id="qos-watcher")
+@pytest.mark.parametrize("status_qos", [0, 2])
+def test_qos_per_topic_is_used(broker, status_qos):
+    """The birth (and the Last Will) go out at the configured status QoS, not the default 1: a subscriber granted
+    QoS 2 receives them at exactly that QoS."""
+    link = make_link(broker.port, qos=QosConfig(status=status_qos))
+    sub = RecordingSubscriber(broker.port, [STATUS], client_id="qos-watcher", qos=2)
     link.start()
     try:
         assert link.wait_connected(5)
         assert sub.wait_for(lambda s: s.messages, 5)
-        assert sub.messages[0].qos == 1  # birth at the status QoS (granted QoS 1)
+        assert sub.messages[0].qos == status_qos  # the birth
     finally:
         link.stop(None)
         sub.close()

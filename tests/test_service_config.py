@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,11 @@ def test_defaults_and_relative_paths(tmp_path):
         ({"source": {"kind": "mqtt"}, "queue": {"mode": "block"}}, "queue.mode", "'latest'"),
         ({"telemetry": {"kind": "fixed"}}, "telemetry.kind", "at least one value"),
         ({"telemetry": {"altitude_agl_m": 40.0}}, "telemetry.altitude_agl_m", "only used with"),
+        ({"telemetry": {"kind": "fixed", "near_lat": 46.8}}, "telemetry.near_lat", "go together"),
+        ({"telemetry": {"kind": "fixed", "near_lat": 46.8, "near_lon": 191.0}}, "telemetry.near_lon",
+         "[-180, 180]"),
+        ({"telemetry": {"kind": "fixed", "near_radius_m": 500.0}}, "telemetry.near_radius_m", "needs near_lat"),
+        ({"telemetry": {"near_lat": 46.8, "near_lon": -92.0}}, "telemetry.near_lat", "only used with"),
         ({"health": {"source_timeout_s": -1.0}}, "health.source_timeout_s", "> 0"),
         ({"source": {"kind": "mqtt", "topic": "topicgeo/v1/uav01/pose"}}, "source.topic", "output topics"),
         ({"source": {"kind": "mqtt", "topic": "uav01/in"}, "telemetry": {"kind": "mqtt", "topic": "uav01/in"}},
@@ -114,6 +120,19 @@ def test_bad_config_names_the_key(tmp_path, monkeypatch, overrides, key, fragmen
     message = str(info.value)
     assert message.startswith(f"{path}: {key}: "), message
     assert fragment in message
+
+
+def test_a_fixed_position_prior_reaches_the_frames_priors(tmp_path):
+    """``telemetry.kind: fixed`` with ``near_*`` (e.g. the mission area): every frame's priors carry the point."""
+    from edge_runtime.service.telemetry import fixed_priors
+
+    data = base()
+    data["telemetry"] = {"kind": "fixed", "near_lat": 46.8425, "near_lon": -91.9937, "near_radius_m": 2000.0}
+    config = load_config(write(tmp_path, data))
+    priors = fixed_priors(dataclasses.asdict(config.telemetry))
+    assert (priors.near_lat, priors.near_lon, priors.near_radius_m, priors.source) == \
+        (46.8425, -91.9937, 2000.0, "fixed")
+    assert priors.altitude_agl_m is None
 
 
 def test_missing_required_key_and_non_mapping(tmp_path):

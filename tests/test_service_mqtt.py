@@ -137,6 +137,24 @@ def test_folder_replay_publishes_valid_poses_with_exif_priors(tmp_path, broker, 
     sub.close()
 
 
+def test_poses_and_statuses_go_out_at_their_configured_qos(tmp_path, broker):
+    """``mqtt.qos`` per topic reaches what the service publishes: poses at 2 and statuses at 0 (both not the
+    defaults 0 / 1), seen by a subscriber granted QoS 2; the final offline status stays at least QoS 1."""
+    config = make_config(tmp_path, broker.port, source={"kind": "image_folder", "path": str(FRAMES)},
+                         queue={"maxsize": 2, "mode": "block"}, mqtt={"qos": {"pose": 2, "status": 0}})
+    sub = RecordingSubscriber(broker.port, [POSE, STATUS], client_id="qos-watcher", qos=2)
+    with running(config) as (_, thread, result):
+        thread.join(15)
+        assert result.get("code") == 0
+    assert sub.wait_for(lambda s: [m for m in s.json(STATUS) if m["event"] == "offline"], 5)
+    poses = [m for m in sub.messages if m.topic == POSE]
+    statuses = [(json.loads(m.payload)["event"], m.qos) for m in sub.messages if m.topic == STATUS and m.payload]
+    sub.close()
+    assert len(poses) == len(NAMES) and {m.qos for m in poses} == {2}
+    assert ("birth", 0) in statuses and ("offline", 1) in statuses
+    assert {qos for event, qos in statuses if event != "offline"} == {0}
+
+
 def test_bad_input_is_a_status_error_and_the_service_carries_on(tmp_path, broker, validators):
     config = make_config(tmp_path, broker.port, source={"kind": "mqtt", "frame_size": [512, 288]},
                          telemetry={"kind": "exif", "exif_utc_offset_h": -5})

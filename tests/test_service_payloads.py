@@ -85,6 +85,15 @@ def test_no_fix_is_never_a_pose():
         pose(LocateResult.failure("no map region matches"))
 
 
+@pytest.mark.parametrize(("heading", "published"),
+                         [(359.9996, 0.0), (-0.0001, 0.0), (359.9994, 359.999), (720.25, 0.25), (-90.0, 270.0)])
+def test_heading_is_published_in_0_360_after_rounding(pose_validator, heading, published):
+    """A heading a hair under north rounds to 360.0 at the published precision: it is wrapped after rounding."""
+    msg = json.loads(payloads.dumps(pose(located(heading_deg=heading))))
+    pose_validator.validate(msg)
+    assert msg["heading_deg"] == pytest.approx(published, abs=1e-9)
+
+
 def test_non_finite_values_become_null_not_nan(pose_validator):
     msg = pose(located(altitude_agl_m=float("nan"), heading_deg=None))
     assert msg["position"]["alt_m"] is None and msg["heading_deg"] is None
@@ -142,3 +151,23 @@ def test_telemetry_schema_matches_the_parser():
     schema = payloads.load_schema("telemetry")
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(schema["properties"]) == set(TELEMETRY_KEYS)
+
+
+def test_a_position_prior_travels_from_telemetry_to_the_pose(pose_validator):
+    """``near_lat`` / ``near_lon`` / ``near_radius_m`` on the telemetry topic (e.g. the autopilot's last GNSS fix)
+    become the frame's position prior, and the pose says it was used; half a point is an error naming the keys."""
+    from edge_runtime.service.telemetry import TelemetryError, parse_telemetry
+
+    schema = jsonschema.Draft202012Validator(payloads.load_schema("telemetry"))
+    raw = {"altitude_agl_m": 40.0, "near_lat": LAT, "near_lon": LON, "near_radius_m": 300.0}
+    schema.validate(raw)
+    priors = parse_telemetry(json.dumps(raw).encode(), 1.0).priors
+    assert (priors.near_lat, priors.near_lon, priors.near_radius_m) == (LAT, LON, 300.0)
+    msg = json.loads(payloads.dumps(pose(located(), priors=priors)))
+    pose_validator.validate(msg)
+    assert msg["priors"] == {"source": "mqtt", "altitude_agl_m": 40.0, "near_lat": LAT, "near_lon": LON,
+                             "near_radius_m": 300.0}
+    for half in ({"near_lat": LAT}, {"near_radius_m": 50.0}):
+        assert list(schema.iter_errors(half))
+        with pytest.raises(TelemetryError, match="near_"):
+            parse_telemetry(json.dumps(half).encode(), 1.0)

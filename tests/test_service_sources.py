@@ -148,6 +148,28 @@ def test_video_file_source_reads_every_frame(tmp_path):
         VideoFileSource(bad).open()
 
 
+def test_camera_delivers_frames_and_reopens_after_a_read_failure(tmp_path):
+    """A capture that stops delivering (here: a video file opened as the camera device; it ends as an unplugged
+    camera does) is reported and reopened after ``reopen_delay_s``, and frames keep coming, numbered on."""
+    path = tmp_path / "camera.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (512, 288))
+    images = [cv2.imread(str(FRAMES / n)) for n in NAMES]
+    for image in images:
+        writer.write(image)
+    writer.release()
+    # collect() counts frames and reports together: three frames, a report, three frames, a report, a frame
+    got = collect(CameraSource(SourceConfig(kind="camera", device=str(path), reopen_delay_s=0.05)), limit=8)
+    frames = [f for f in got if isinstance(f, Frame)]
+    reports = [r for r in got if not isinstance(r, Frame)]
+    assert [f.name for f in frames] == [f"camera#{i}" for i in range(7)]
+    assert all(f.image_bgr.shape == (288, 512, 3) for f in frames)
+    # the reopened capture starts again: frame 3 is the first image again
+    assert np.mean(np.abs(frames[3].image_bgr.astype(float) - frames[0].image_bgr.astype(float))) < 1.0
+    assert np.mean(np.abs(frames[1].image_bgr.astype(float) - frames[0].image_bgr.astype(float))) > 5.0
+    assert all(r[0] == "source_error" and "read failed; reopening" in r[1] for r in reports)
+    assert [i for i, g in enumerate(got) if not isinstance(g, Frame)] == [3, 7]  # each time the capture ran dry
+
+
 def test_camera_errors_name_the_device():
     with pytest.raises(SourceError, match="cannot open camera 57"):
         CameraSource(SourceConfig(kind="camera", device=57, api="v4l2")).open()

@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from edge_runtime.mavlink.config import MavlinkConfig, MavlinkConfigError
+from edge_runtime.types import Priors
 
 T = TypeVar("T")
 
@@ -239,6 +240,8 @@ class TelemetryConfig:
         max_age_s: mqtt: a sample older than this when a frame arrives is not used (the frame gets no priors).
         exif_utc_offset_h: hours to subtract from EXIF times that carry no offset (DJI writes local time).
         altitude_agl_m, roll_deg, pitch_deg, yaw_deg: fixed priors.
+        near_lat, near_lon, near_radius_m: fixed position prior (e.g. the mission area: the maps within the radius of
+            that point are searched first, then every map; see ``Priors``).
     """
 
     kind: Literal["exif", "mqtt", "mavlink", "fixed", "none"] = "none"
@@ -249,19 +252,27 @@ class TelemetryConfig:
     roll_deg: float | None = None
     pitch_deg: float | None = None
     yaw_deg: float | None = None
+    near_lat: float | None = None
+    near_lon: float | None = None
+    near_radius_m: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.kind == "mqtt" or self.topic is None, "topic", f"is not used by telemetry kind {self.kind!r}")
         _valid_topic(self.topic, "topic")
         _positive(self.max_age_s, "max_age_s")
         _check(-14 <= self.exif_utc_offset_h <= 14, "exif_utc_offset_h", "must be in -14..14 hours")
-        fixed = ("altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg")
+        fixed = ("altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg", "near_lat", "near_lon", "near_radius_m")
         if self.kind == "fixed":
             _check(any(getattr(self, n) is not None for n in fixed), "kind", "'fixed' needs at least one value")
         else:
             for name in fixed:
                 _check(getattr(self, name) is None, name, "is only used with telemetry kind 'fixed'")
         _positive(self.altitude_agl_m, "altitude_agl_m")
+        try:  # the position prior's own checks (both coordinates or neither, ranges, a positive radius)
+            Priors(near_lat=self.near_lat, near_lon=self.near_lon, near_radius_m=self.near_radius_m)
+        except ValueError as exc:
+            name = str(exc).split()[0]
+            raise FieldError(name if name in fixed else "near_lat", str(exc)) from exc
 
 
 @dataclass(frozen=True)

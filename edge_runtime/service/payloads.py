@@ -111,7 +111,9 @@ def pose_payload(
     if result.attitude_deg is not None:
         roll, pitch, yaw = result.attitude_deg
         attitude = {"roll": _num(roll, 3), "pitch": _num(pitch, 3), "yaw": _num(yaw, 3), "frame": "NED"}
-    heading = None if result.heading_deg is None else _num(float(result.heading_deg) % 360.0, 3)
+    # rounded before the wrap: 359.9996 rounds to 360.0, which the schema (and a reader) takes as out of range
+    heading = _num(result.heading_deg, 3)
+    heading = None if heading is None else heading % 360.0
     locator_latency = {str(k): _num(v, 3) for k, v in result.latency_ms.items()}
     if "total" not in locator_latency:
         raise ValueError("latency_ms of the result must include 'total'")
@@ -159,10 +161,11 @@ def no_fix_detail(result: LocateResult) -> dict[str, Any]:
 def priors_dict(priors: Priors) -> dict[str, Any]:
     """The priors a frame was processed with (``source`` plus the known values)."""
     out: dict[str, Any] = {"source": priors.source}
-    for key in ("altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg", "frame_gsd_m"):
+    for key, digits in (("altitude_agl_m", 4), ("roll_deg", 4), ("pitch_deg", 4), ("yaw_deg", 4), ("frame_gsd_m", 4),
+                        ("near_lat", 7), ("near_lon", 7), ("near_radius_m", 1)):
         value = getattr(priors, key, None)
         if value is not None:
-            out[key] = _num(value, 4)
+            out[key] = _num(value, digits)
     return out
 
 

@@ -31,7 +31,8 @@ from edge_runtime.types import Priors
 logger = logging.getLogger(__name__)
 
 TELEMETRY_SCHEMA = "topicgeo-edge/telemetry/1"
-TELEMETRY_KEYS = ("schema", "t", "altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg", "frame_gsd_m")
+TELEMETRY_KEYS = ("schema", "t", "altitude_agl_m", "roll_deg", "pitch_deg", "yaw_deg", "frame_gsd_m", "near_lat",
+                  "near_lon", "near_radius_m")
 
 #: plausible Unix times in seconds (2001-09-09 .. 2096-10-02): outside it a time stamp is in another unit
 #: (milliseconds ~1.7e12, microseconds, nanoseconds ~1.7e18), a clock that was never set, or garbage
@@ -226,7 +227,8 @@ def parse_telemetry(payload: bytes, received_mono: float) -> TelemetrySample:
         values[key] = None if value is None else float(value)
     try:
         priors = Priors(values["altitude_agl_m"], values["roll_deg"], values["pitch_deg"], values["yaw_deg"],
-                        None, frame_gsd_m=values["frame_gsd_m"], source="mqtt")
+                        None, frame_gsd_m=values["frame_gsd_m"], source="mqtt", near_lat=values["near_lat"],
+                        near_lon=values["near_lon"], near_radius_m=values["near_radius_m"])
     except ValueError as exc:
         raise TelemetryError(f"telemetry: {exc}") from exc
     return TelemetrySample(priors, values["t"], received_mono)
@@ -285,4 +287,5 @@ class TelemetryStore:
 def fixed_priors(values: dict[str, Any]) -> Priors:
     """Priors from fixed config values (source ``fixed``)."""
     return Priors(values.get("altitude_agl_m"), values.get("roll_deg"), values.get("pitch_deg"),
-                  values.get("yaw_deg"), None, source="fixed")
+                  values.get("yaw_deg"), None, source="fixed", near_lat=values.get("near_lat"),
+                  near_lon=values.get("near_lon"), near_radius_m=values.get("near_radius_m"))
