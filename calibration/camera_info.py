@@ -368,7 +368,10 @@ def read_camera_info(path: str | os.PathLike[str]) -> CameraInfo:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"camera_info file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not a UTF-8 text file ({exc})") from exc
     if text.lstrip().startswith("%YAML:1.0") or "!!opencv-matrix" in text:
         raise ValueError(
             f"{p}: this is an OpenCV FileStorage YAML (!!opencv-matrix), not ROS camera_info; "

@@ -10,7 +10,7 @@ three hypotheses of any canvas, need not be among them); ``confidence`` is the r
 ``reason``), 2 when the locator could not start (bundle, cache, backend or the ``--calibration`` file).
 
 Every image is located on its own unless ``--sequence`` says they are consecutive frames of one flight (then the
-locator's temporal prior searches near the last fix first, as the onboard service does). ``--near LAT,LON`` (a position
+locator's temporal prior searches near the last fix first, as the onboard service does). ``--near LAT LON`` (a position
 prior, e.g. the last GNSS fix) searches the maps within ``--near-radius-m`` of that point first, then every map.
 """
 
@@ -161,16 +161,6 @@ def write_viz(path: Path, frame: np.ndarray, result: LocateResult, locator: Loca
     write_rgb_png(str(path), picture)
 
 
-def _lat_lon(text: str) -> tuple[float, float]:
-    """``LAT,LON`` in WGS84 degrees (argparse type)."""
-    try:
-        lat, lon = (float(v) for v in text.split(","))
-        Priors(near_lat=lat, near_lon=lon)  # the range checks
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected LAT,LON in degrees, got {text!r} ({exc})") from exc
-    return lat, lon
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-locate``."""
     parser = argparse.ArgumentParser(prog="edge-locate", description=__doc__,
@@ -183,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--altitude", type=float, help="altitude above ground in metres (overrides EXIF)")
     group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
     parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
-    parser.add_argument("--near", metavar="LAT,LON", type=_lat_lon,
+    parser.add_argument("--near", nargs=2, type=float, metavar=("LAT", "LON"),
                         help="WGS84 degrees of a point the images are expected near (e.g. the last GNSS fix): the "
                              "maps around it are searched first, then every map")
     parser.add_argument("--near-radius-m", type=float,
@@ -222,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     near: dict[str, float | None] = {}
     if args.near is not None:
         near = {"near_lat": args.near[0], "near_lon": args.near[1], "near_radius_m": args.near_radius_m}
+        try:
+            Priors(**near)  # latitude / longitude ranges, the radius
+        except ValueError as exc:
+            parser.error(f"--near / --near-radius-m: {exc}")
     elif args.near_radius_m is not None:
         parser.error("--near-radius-m needs --near")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,

@@ -611,18 +611,22 @@ class Locator:
         """Where to search first (``{entry id: (M,) bool}`` over each map entry's cells), or None (every map, every
         cell).
 
-        A position prior (``priors.near_lat`` / ``near_lon``) gives the cells of every map within ``near_radius_m``
-        (default ``prior_radius_m``) of that point, on each map's levels; without one, the temporal prior gives the
-        cells of the last fix's map (and its levels) within ``prior_radius_m`` of it, when the config has
-        ``temporal_prior``. A map entry the point is far from gets an all-False mask.
+        The temporal prior (``temporal_prior``): the cells of the last fix's map (and its levels) within
+        ``prior_radius_m`` of it. A position prior (``priors.near_lat`` / ``near_lon``): the cells of every
+        georeferenced map within ``near_radius_m`` (default ``prior_radius_m``) of that point, on each map's levels,
+        unless the locator's own last fix lies inside that circle (the fresher, tighter of the two is searched). A
+        prior with no cell near it gives None: the frame gets the plain search at once.
         """
-        if priors is not None and priors.near_lat is not None and priors.near_lon is not None:
+        own = self.last_fix if self.config.temporal_prior else None
+        if priors is not None and priors.near_lat is not None and priors.near_lon is not None and \
+                not (own is not None and self._within_prior(own, priors)):
             point = np.array([[priors.near_lon, priors.near_lat]], dtype=np.float64)
             radius_m = priors.near_radius_m or self.config.prior_radius_m
             bases = {self.cache.map(m).base_id for m in self.cells}
-            centres = {b: self.cache.map(b).georef.lonlat_to_pixels(point)[0] for b in bases}
-        elif self.last_fix is not None and self.config.temporal_prior:
-            map_id, xy = self.last_fix
+            centres = {b: self.cache.map(b).georef.lonlat_to_pixels(point)[0] for b in sorted(bases)
+                       if self.cache.map(b).georef.crs_wkt is not None}  # a map placed with --gsd only: no lon/lat
+        elif own is not None:
+            map_id, xy = own
             radius_m = self.config.prior_radius_m
             centres = {map_id: np.asarray(xy, dtype=np.float64)}
         else:
@@ -635,7 +639,19 @@ class Locator:
             at = project_points(np.linalg.inv(entry.to_base_px), centres[entry.base_id][None])[0]
             radius_px = radius_m / entry.georef.gsd_m + self.tile_size / 2
             area[entry_id] = np.linalg.norm(cells.centres_px - at, axis=1) <= radius_px
-        return area
+        return area if any(mask.any() for mask in area.values()) else None
+
+    def _within_prior(self, fix: tuple[str, np.ndarray], priors: Priors) -> bool:
+        """Whether a fix (map id, map px) lies within the position prior's radius (a map without a CRS: yes, the
+        prior cannot place it)."""
+        georef = self.cache.map(fix[0]).georef
+        if georef.crs_wkt is None:
+            return True
+        from pyproj import Geod
+
+        lon, lat = georef.pixels_to_lonlat(np.asarray(fix[1], dtype=np.float64)[None])[0]
+        _, _, distance = Geod(ellps="WGS84").inv(lon, lat, priors.near_lon, priors.near_lat)
+        return bool(distance <= (priors.near_radius_m or self.config.prior_radius_m))
 
     def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, area: dict[str, np.ndarray] | None = None,
                  maps: frozenset[str] | None = None) -> list[dict[str, Any]]:

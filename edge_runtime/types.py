@@ -20,8 +20,10 @@ class Priors:
         frame_gsd_m: ground sampling distance of the frame in metres per pixel, when known directly.
         near_lat, near_lon: WGS84 degrees of a point the frame is expected near (the last GNSS fix before it was
             lost, the autopilot's dead-reckoned position, an operator's estimate): the locator searches the maps'
-            cells within ``near_radius_m`` of it first, then every map (as after its own last fix). Both or neither.
-        near_radius_m: how far from that point to search first (metres; None: the locator's ``prior_radius_m``).
+            cells within ``near_radius_m`` of it first, then every map; its own last fix instead when that lies
+            within the circle (fresher and tighter). Both or neither.
+        near_radius_m: how far from that point to search first (metres, at least 1; None: the locator's
+            ``prior_radius_m``).
         source: where the priors came from (``exif``, ``mqtt``, ``mavlink``, ``none``).
     """
 
@@ -37,10 +39,12 @@ class Priors:
     near_radius_m: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("altitude_agl_m", "frame_gsd_m", "near_radius_m"):
+        for name in ("altitude_agl_m", "frame_gsd_m"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if self.near_radius_m is not None and not (np.isfinite(self.near_radius_m) and self.near_radius_m >= 1.0):
+            raise ValueError(f"near_radius_m must be a finite number of metres >= 1, got {self.near_radius_m}")
         if (self.near_lat is None) != (self.near_lon is None):
             raise ValueError("near_lat and near_lon go together: give both or neither")
         if self.near_lat is not None and not (np.isfinite(self.near_lat) and -90.0 <= self.near_lat <= 90.0):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -251,13 +250,16 @@ def test_a_calibration_file_skips_the_exif_intrinsics(monkeypatch: pytest.Monkey
     (None, "does not exist"),
     ("a: [1, 2\n", "not valid YAML"),
     ("- just\n- a list\n", "camera_info"),
+    (b"\xff\xfe\x00 binary", "not a UTF-8 text file"),
 ])
-def test_a_bad_calibration_file_is_a_clear_error(content: str | None, message: str, tmp_path: Path,
+def test_a_bad_calibration_file_is_a_clear_error(content: str | bytes | None, message: str, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """A missing, malformed or non-camera_info ``--calibration`` file: exit 2 (could not start) with the file named,
-    not a traceback and exit 1 (which says "some image not located")."""
+    """A missing, malformed, binary or non-camera_info ``--calibration`` file: exit 2 (could not start) with the file
+    named, not a traceback and exit 1 (which says "some image not located")."""
     calibration = tmp_path / "camera.yaml"
-    if content is not None:
+    if isinstance(content, bytes):
+        calibration.write_bytes(content)
+    elif content is not None:
         calibration.write_text(content)
     code = main(["--bundle", str(tmp_path / "b"), "--cache", str(tmp_path / "c"), "--calibration", str(calibration),
                  "x.jpg"])
@@ -285,47 +287,95 @@ def test_an_altitude_without_intrinsics_is_searched_unscaled_and_said(
     ({"near_lat": 95.0, "near_lon": 1.0}, "near_lat must be a latitude"),
     ({"near_lat": 1.0, "near_lon": float("nan")}, "near_lon must be a longitude"),
     ({"near_radius_m": 50.0}, "needs near_lat"),
-    ({"near_lat": 1.0, "near_lon": 2.0, "near_radius_m": 0.0}, "near_radius_m must be a positive"),
+    ({"near_lat": 1.0, "near_lon": 2.0, "near_radius_m": 0.5}, "near_radius_m must be a finite number of metres"),
 ])
 def test_a_position_prior_is_validated(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Priors(**kwargs)
 
 
-def test_a_position_prior_searches_the_maps_around_it_first(tiny_bundle: Path, sjer_cache: Path,
-                                                            data_dir: Path) -> None:
-    """``Priors.near_lat`` / ``near_lon`` (e.g. the last GNSS fix): the cells within the radius of that point, on
-    whichever map holds it, are searched first (an input: with or without the temporal prior, before the locator's
-    own last fix); a point off every map leaves nothing to search first, so the frame gets the search of every map."""
-    loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(temporal_prior=False))
-    entry = loc.cache.map("SJER_009")
-    centre = np.array([entry.georef.width / 2, entry.georef.height / 2])
-    lon, lat = entry.georef.pixels_to_lonlat(centre[None])[0]
-    near = Priors(near_lat=float(lat), near_lon=float(lon), near_radius_m=5.0)
-    area = loc.search_area(near)
-    assert {loc.cache.map(m).base_id for m, mask in area.items() if mask.any()} == {"SJER_009"}
-    picked = loc.cells["SJER_009"].centres_px[area["SJER_009"]]
-    assert np.all(np.linalg.norm(picked - centre, axis=1) <= 5.0 / entry.georef.gsd_m + loc.tile_size / 2)
-    loc.last_fix = ("SJER_002", np.array([10.0, 10.0]))
-    loc.config = replace(loc.config, temporal_prior=True)
-    assert {m: mask.tolist() for m, mask in loc.search_area(near).items()} == \
-        {m: mask.tolist() for m, mask in area.items()}  # the given point, not the locator's own last fix
-    far = loc.search_area(Priors(near_lat=0.0, near_lon=0.0))
-    assert far and not any(mask.any() for mask in far.values())
+def _near(loc: Locator, map_id: str, at_px: tuple[float, float], radius_m: float | None = None) -> Priors:
+    lon, lat = loc.cache.map(map_id).georef.pixels_to_lonlat(np.array([at_px], dtype=np.float64))[0]
+    return Priors(near_lat=float(lat), near_lon=float(lon), near_radius_m=radius_m)
 
+
+def test_a_position_prior_searches_the_cells_around_it_first(tiny_bundle: Path, sjer_cache: Path) -> None:
+    """``Priors.near_lat`` / ``near_lon`` (e.g. the last GNSS fix): the cells within the radius of that point, on
+    whichever map holds it; the locator's own last fix instead when it lies inside that circle (fresher and tighter),
+    the point when the last fix is outside it; a point with no cell near it: the plain search (None)."""
+    loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig())
+    entry = loc.cache.map("SJER_009")
+    corner = (0.0, 0.0)
+    area = loc.search_area(_near(loc, "SJER_009", corner, 1.0))
+    assert {loc.cache.map(m).base_id for m, mask in area.items() if mask.any()} == {"SJER_009"}
+    mask = area["SJER_009"]
+    reach = 1.0 / entry.georef.gsd_m + loc.tile_size / 2
+    distance = np.linalg.norm(loc.cells["SJER_009"].centres_px - corner, axis=1)
+    assert mask.any() and not mask.all()  # the far corner of the plot is out of reach
+    np.testing.assert_array_equal(mask, distance <= reach)
+    # the default radius is the locator's prior_radius_m (150 m: the whole 40 m plot)
+    assert loc.search_area(_near(loc, "SJER_009", corner))["SJER_009"].all()
+
+    loc.last_fix = ("SJER_009", np.array([380.0, 380.0]))  # 2 m inside a 50 m circle around the far corner
+    own = loc.search_area(_near(loc, "SJER_009", (399.0, 399.0), 50.0))
+    assert own is not None and set(own) == {m for m in loc.cells if loc.cache.map(m).base_id == "SJER_009"}
+    loc.last_fix = ("SJER_002", np.array([10.0, 10.0]))  # km away: the prior's circle is searched
+    assert {m for m, k in loc.search_area(_near(loc, "SJER_009", corner, 1.0)).items() if k.any()} == \
+        {m for m, k in area.items() if k.any()}
+    loc.last_fix = None
+    assert loc.search_area(Priors(near_lat=0.0, near_lon=0.0)) is None  # off every map
+
+
+def test_locate_retrieves_near_the_prior_first_and_off_map_priors_change_nothing(
+        tiny_bundle: Path, sjer_cache: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig(temporal_prior=False))
     with GeoRaster(data_dir / "sjer" / "2017" / "SJER_009.tif") as raster:
         image, _ = raster.read_rgb()
     query = np.ascontiguousarray(image[40:340, 60:360])
-    results = []
-    for priors in (Priors(), Priors(near_lat=0.0, near_lon=0.0), near):
-        loc.last_fix = None
-        results.append(loc.locate(query, priors))
-    plain, off_map, nearby = results
-    assert (off_map.ok, off_map.map_id, off_map.inliers) == (plain.ok, plain.map_id, plain.inliers)
-    assert off_map.extra["widened"] and not plain.extra["widened"]
-    # the first hypotheses verified are those near the point (then, none accepted, every map's)
-    first = nearby.extra["verified"][: loc.config.verify_candidates]
-    assert len(first) == loc.config.verify_candidates and {v["map_id"] for v in first} == {"SJER_009"}
+    areas: list[dict | None] = []
+    original = loc.retrieve
+
+    def spy(coarse_q: np.ndarray, valid_q: np.ndarray, area: dict | None = None, maps: frozenset | None = None):
+        areas.append(area)
+        return original(coarse_q, valid_q, area, maps)
+
+    monkeypatch.setattr(loc, "retrieve", spy)
+    loc.locate(query, _near(loc, "SJER_002", (200.0, 200.0), 20.0))
+    first = areas[0]
+    assert first is not None and {loc.cache.map(m).base_id for m, k in first.items() if k.any()} == {"SJER_002"}
+    areas.clear()
+    plain = loc.locate(query, Priors())
+    assert areas and all(a is None for a in areas)
+    off_map = loc.locate(query, Priors(near_lat=0.0, near_lon=0.0))
+    assert (off_map.ok, off_map.map_id, off_map.inliers, off_map.reason) == \
+        (plain.ok, plain.map_id, plain.inliers, plain.reason)
+    assert len(off_map.extra["verified"]) == len(plain.extra["verified"]) and not off_map.extra["widened"]
+
+
+def test_a_position_prior_skips_maps_without_a_crs(tiny_bundle: Path, map_paths: list[Path], data_dir: Path,
+                                                   tmp_path: Path) -> None:
+    """A map placed with ``--gsd`` only has no latitude / longitude: a position prior leaves it out of the first
+    search (instead of failing every frame) and the frame is still located against it afterwards."""
+    import rasterio
+
+    from maps.build import BuildConfig, build_cache
+
+    png = tmp_path / "plot.png"
+    with rasterio.open(map_paths[1]) as src:
+        rgb = src.read([1, 2, 3])
+    with rasterio.open(png, "w", driver="PNG", width=rgb.shape[2], height=rgb.shape[1], count=3,
+                       dtype="uint8") as dst:
+        dst.write(rgb)
+    cache = tmp_path / "mixed"
+    build_cache(tiny_bundle, [data_dir / "sjer" / "2018" / "SJER_009.tif", png], cache,
+                BuildConfig(gsd=0.1, progress=False))
+    loc = Locator.open(tiny_bundle, cache, LocatorConfig())
+    assert loc.cache.map("plot").georef.crs_wkt is None
+    near = _near(loc, "SJER_009", (200.0, 200.0))
+    area = loc.search_area(near)
+    assert area is not None and {loc.cache.map(m).base_id for m in area} == {"SJER_009"}
+    result = loc.locate(np.ascontiguousarray(rgb.transpose(1, 2, 0)[50:350, 50:350]), near)
+    assert result.ok or result.reason  # located or refused, never an exception
 
 
 def test_edge_locate_near_flag_reaches_the_priors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -342,15 +392,16 @@ def test_edge_locate_near_flag_reaches_the_priors(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(cli.Locator, "open", staticmethod(lambda *a: Recording()))
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), np.full((64, 64, 3), 100, np.uint8))
-    assert main(["--bundle", str(tmp_path), "--cache", str(tmp_path), "--near", "46.8425,-91.9937",
-                 "--near-radius-m", "400", str(image)]) == 1
-    assert (seen[0].near_lat, seen[0].near_lon, seen[0].near_radius_m) == (46.8425, -91.9937, 400.0)
-    for bad in (["--near", "46.8"], ["--near", "91,0"], ["--near-radius-m", "50"],
-                ["--near", "1,2", "--near-radius-m", "-3"]):
+    assert main(["--bundle", str(tmp_path), "--cache", str(tmp_path), "--near", "-33.8568", "151.2153",
+                 "--near-radius-m", "400", str(image)]) == 1  # a southern latitude is a value, not an option
+    assert (seen[0].near_lat, seen[0].near_lon, seen[0].near_radius_m) == (-33.8568, 151.2153, 400.0)
+    for bad in (["--near", "91", "0"], ["--near-radius-m", "50"], ["--near", "1", "2", "--near-radius-m", "-3"],
+                ["--near", "1", "2", "--near-radius-m", "0.5"]):
         with pytest.raises(SystemExit):
             main(["--bundle", str(tmp_path), "--cache", str(tmp_path), *bad, str(image)])
     err = capsys.readouterr().err
-    assert "expected LAT,LON" in err and "--near-radius-m needs --near" in err and "positive number" in err
+    assert "near_lat must be a latitude" in err and "--near-radius-m needs --near" in err
+    assert "positive number" in err and "near_radius_m must be a finite number of metres >= 1" in err
 
 
 def test_edge_locate_precision_flag_reaches_the_backend(tiny_bundle: Path, sjer_cache: Path,

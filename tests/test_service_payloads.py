@@ -86,12 +86,13 @@ def test_no_fix_is_never_a_pose():
 
 
 @pytest.mark.parametrize(("heading", "published"),
-                         [(359.9996, 0.0), (-0.0001, 0.0), (359.9994, 359.999), (720.25, 0.25), (-90.0, 270.0)])
+                         [(359.9996, 0.0), (-0.0001, 0.0), (359.9994, 359.999), (720.25, 0.25), (-90.0, 270.0),
+                          (370.1, 10.1), (-359.999, 0.001)])
 def test_heading_is_published_in_0_360_after_rounding(pose_validator, heading, published):
     """A heading a hair under north rounds to 360.0 at the published precision: it is wrapped after rounding."""
     msg = json.loads(payloads.dumps(pose(located(heading_deg=heading))))
     pose_validator.validate(msg)
-    assert msg["heading_deg"] == pytest.approx(published, abs=1e-9)
+    assert msg["heading_deg"] == published  # exactly: no float noise from the wrap
 
 
 def test_non_finite_values_become_null_not_nan(pose_validator):
@@ -171,3 +172,22 @@ def test_a_position_prior_travels_from_telemetry_to_the_pose(pose_validator):
         assert list(schema.iter_errors(half))
         with pytest.raises(TelemetryError, match="near_"):
             parse_telemetry(json.dumps(half).encode(), 1.0)
+
+
+@pytest.mark.parametrize("sample", [
+    {"near_lat": LAT, "near_lon": LON}, {"near_lat": None, "near_lon": LON}, {"near_lat": LAT, "near_lon": None},
+    {"near_lat": None, "near_lon": None, "near_radius_m": 50.0}, {"near_radius_m": None}, {"near_lon": None},
+    {"near_lat": LAT, "near_lon": LON, "near_radius_m": 0.5}, {"near_lat": 91.0, "near_lon": LON},
+    {"near_lat": LAT, "near_lon": LON, "near_radius_m": None}, {"altitude_agl_m": 0}, {"altitude_agl_m": None},
+])
+def test_telemetry_schema_and_parser_agree_on_a_sample(sample):
+    """What the shipped telemetry schema accepts, the parser accepts, and the other way round (null = absent)."""
+    from edge_runtime.service.telemetry import TelemetryError, parse_telemetry
+
+    schema_ok = not list(jsonschema.Draft202012Validator(payloads.load_schema("telemetry")).iter_errors(sample))
+    try:
+        parse_telemetry(json.dumps(sample).encode(), 1.0)
+        parser_ok = True
+    except TelemetryError:
+        parser_ok = False
+    assert schema_ok == parser_ok, sample

@@ -111,9 +111,10 @@ def pose_payload(
     if result.attitude_deg is not None:
         roll, pitch, yaw = result.attitude_deg
         attitude = {"roll": _num(roll, 3), "pitch": _num(pitch, 3), "yaw": _num(yaw, 3), "frame": "NED"}
-    # rounded before the wrap: 359.9996 rounds to 360.0, which the schema (and a reader) takes as out of range
+    # rounded, wrapped, rounded again: 359.9996 rounds to 360.0 (out of the schema's range), and the wrap of a
+    # rounded value leaves float noise (370.1 % 360 = 10.100000000000023)
     heading = _num(result.heading_deg, 3)
-    heading = None if heading is None else heading % 360.0
+    heading = None if heading is None else round(heading % 360.0, 3) % 360.0
     locator_latency = {str(k): _num(v, 3) for k, v in result.latency_ms.items()}
     if "total" not in locator_latency:
         raise ValueError("latency_ms of the result must include 'total'")
