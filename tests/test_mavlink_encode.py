@@ -63,6 +63,9 @@ def test_config_from_dict_rejects_unknown_and_bad_keys():
         MavlinkConfig.from_dict({**PX4, "camera_mount_ypr_deg": [0, 90]})
     cfg = MavlinkConfig.from_dict({**ARDU, "camera_mount_ypr_deg": [90, 0, 0]})
     assert cfg.camera_mount_ypr_deg == (90, 0, 0) and cfg.endpoint.device == "/dev/ttyTHS1"
+    with pytest.raises(MavlinkConfigError, match=r"mavlink\.position_prior_radius_m: must be >= 1"):
+        MavlinkConfig.from_dict({**PX4, "position_prior_radius_m": 0.5})
+    assert MavlinkConfig.from_dict({**PX4, "position_prior_radius_m": 300}).position_prior_radius_m == 300
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -218,6 +221,29 @@ def test_prior_buffer_rangefinder_tilt_and_fallback():
     only_range = PriorBuffer(agl_source="rangefinder")
     only_range.add_global_position(100_000, 80_000, 9000, t0)
     assert only_range.priors_at(t0, now_unix=t0) is not None and only_range.priors_at(t0, t0).altitude_agl_m is None
+
+
+def test_prior_buffer_position_prior_from_the_autopilot():
+    """With ``position_radius_m`` the autopilot's lat / lon at the capture time (interpolated, across the
+    antimeridian too) is the frame's position prior; (0, 0) means no estimate; without the radius it is not used."""
+    t0 = 1_700_000_000.0
+    buf = PriorBuffer(position_radius_m=250.0)
+    plain = PriorBuffer()
+    for k in range(11):  # 10 Hz for 1 s, flying east across the antimeridian at 0.0001 degrees per sample
+        lon = 179.9995 + 0.0001 * k
+        lon_e7 = round((lon - 360.0 if lon > 180.0 else lon) * 1e7)
+        for b in (buf, plain):
+            b.add_global_position(100_000 + 100 * k, 80_000, 9000, t0 + 0.1 * k, lat_e7=-168_000_000,
+                                  lon_e7=lon_e7)
+    p = buf.priors_at(t0 + 0.25, now_unix=t0 + 1.0)
+    assert p.near_lat == pytest.approx(-16.8, abs=1e-9) and p.near_radius_m == 250.0
+    assert p.near_lon == pytest.approx(179.99975, abs=1e-9)
+    across = buf.priors_at(t0 + 0.75, now_unix=t0 + 1.0)
+    assert across.near_lon == pytest.approx(179.99975 + 0.0005 - 360.0, abs=1e-9)  # 180.00025 wraps to -179.99975
+    assert plain.priors_at(t0 + 0.25, now_unix=t0 + 1.0).near_lat is None
+    unknown = PriorBuffer(position_radius_m=250.0)
+    unknown.add_global_position(100_000, 80_000, 9000, t0, lat_e7=0, lon_e7=0)  # no estimate yet
+    assert unknown.priors_at(t0, now_unix=t0).near_lat is None
 
 
 def test_import_without_pymavlink():

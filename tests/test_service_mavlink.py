@@ -220,7 +220,9 @@ def test_service_with_a_px4_peer_priors_fixes_and_link_status(tmp_path):
     status_validator = jsonschema.Draft202012Validator(payloads.load_schema("status"))
     pose_validator = jsonschema.Draft202012Validator(payloads.load_schema("pose"))
     with LocalMosquitto(workdir=tmp_path / "broker") as broker:
-        config = load_config(write_config(tmp_path, base_config(broker.port)))
+        data = base_config(broker.port)
+        data["mavlink"]["position_prior_radius_m"] = 400.0  # the autopilot's lat / lon as the position prior
+        config = load_config(write_config(tmp_path, data))
         sub = RecordingSubscriber(broker.port, [POSE, STATUS])
         cam = paho.Client(CallbackAPIVersion.VERSION2, client_id="camera", protocol=MQTTProtocolVersion.MQTTv5)
         cam.connect("127.0.0.1", broker.port)
@@ -279,6 +281,8 @@ def test_service_with_a_px4_peer_priors_fixes_and_link_status(tmp_path):
                 assert priors["roll_deg"] == pytest.approx(math.degrees(ROLL), abs=1e-3)
                 assert priors["pitch_deg"] == pytest.approx(math.degrees(PITCH), abs=1e-3)
                 assert priors["yaw_deg"] == pytest.approx(30.0, abs=1e-3)
+                assert (priors["near_lat"], priors["near_lon"], priors["near_radius_m"]) == \
+                    pytest.approx((46.8421, -91.9941, 400.0), abs=1e-7)  # GLOBAL_POSITION_INT's lat / lon
                 assert pose["heading_deg"] == pytest.approx(30.0, abs=1e-3)  # the double echoes the yaw prior
                 time.sleep(0.1)  # > 1 / max_rate_hz between capture times
             assert wait_until(lambda: len(fc.messages("GLOBAL_POSITION_SENSOR")) == len(NAMES), 3)

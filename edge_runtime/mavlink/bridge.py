@@ -81,7 +81,8 @@ class MavlinkBridge:
         self._mav: Any = None  # encoder (sequence numbers, our system/component ids)
         self._parser: PacketParser | None = None
         self._priors = PriorBuffer(config.agl_source, config.camera_mount_ypr_deg, config.prior_buffer_s,
-                                   config.prior_max_gap_s, config.prior_max_extrapolation_s)
+                                   config.prior_max_gap_s, config.prior_max_extrapolation_s,
+                                   position_radius_m=config.position_prior_radius_m)
         self._state = "disabled" if not config.enabled else "not_started"
         self._up = False
         self._target_system: int | None = config.target_system or None
@@ -370,7 +371,7 @@ class MavlinkBridge:
         if kind == "ATTITUDE":
             self._priors.add_attitude(msg.time_boot_ms, msg.roll, msg.pitch, msg.yaw, arrival)
         elif kind == "GLOBAL_POSITION_INT":
-            self._priors.add_global_position(msg.time_boot_ms, msg.relative_alt, msg.hdg, arrival)
+            self._priors.add_global_position(msg.time_boot_ms, msg.relative_alt, msg.hdg, arrival, msg.lat, msg.lon)
         elif kind == "DISTANCE_SENSOR":
             if not self._priors.add_distance(msg.time_boot_ms, msg.current_distance, msg.min_distance,
                                              msg.max_distance, msg.orientation, arrival):

@@ -140,6 +140,11 @@ class MavlinkConfig:
         prior_buffer_s: how much autopilot history is kept for time alignment.
         prior_max_gap_s: two samples further apart than this are not interpolated between.
         prior_max_extrapolation_s: a capture time after the newest sample by at most this uses that sample.
+        position_prior_radius_m: the autopilot's position (GLOBAL_POSITION_INT lat / lon at the capture time) becomes
+            the frame's position prior with this search radius in metres (``Priors.near_*``: the maps around it are
+            searched first, then every map); None (default): not used. Its estimate is as good as its aiding: from
+            GNSS until that is lost, then this bridge's own fixes or dead reckoning that drifts with time, so choose
+            the radius for the longest expected drift.
         attitude_rate_hz, position_rate_hz, distance_rate_hz: rates asked of the autopilot for ATTITUDE,
             GLOBAL_POSITION_INT and DISTANCE_SENSOR with MAV_CMD_SET_MESSAGE_INTERVAL each time the link comes up
             (0 = do not ask; the autopilot's own stream configuration applies).
@@ -173,6 +178,7 @@ class MavlinkConfig:
     prior_buffer_s: float = 10.0
     prior_max_gap_s: float = 1.0
     prior_max_extrapolation_s: float = 0.25
+    position_prior_radius_m: float | None = None
     attitude_rate_hz: float = 20.0
     position_rate_hz: float = 10.0
     distance_rate_hz: float = 10.0
@@ -213,6 +219,8 @@ class MavlinkConfig:
             raise MavlinkConfigError("agl_fallback_vehicle",
                                      f"must be true or false, got {self.agl_fallback_vehicle!r}")
         _int_in(self.gps_leap_seconds, "gps_leap_seconds", 0, 60)
+        if self.position_prior_radius_m is not None:
+            _finite(self.position_prior_radius_m, "position_prior_radius_m", minimum=1.0, strict=False)
         _choice(self.agl_source, "agl_source", AGL_SOURCES)
         mount = self.camera_mount_ypr_deg
         if not isinstance(mount, tuple) or len(mount) != 3:

@@ -195,7 +195,8 @@ class Series:
 
 
 class PriorBuffer:
-    """Time-aligned autopilot priors: attitude, relative altitude, heading, downward range.
+    """Time-aligned autopilot priors: attitude, relative altitude, heading, downward range, and (with
+    ``position_radius_m``) the autopilot's position as a position prior.
 
     Args:
         agl_source: ``auto`` | ``rangefinder`` | ``relative_alt`` (see MavlinkConfig).
@@ -206,8 +207,9 @@ class PriorBuffer:
 
     def __init__(self, agl_source: str = "auto", mount_ypr_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),
                  buffer_s: float = 10.0, max_gap_s: float = 1.0, max_extrapolation_s: float = 0.25,
-                 clock_window_s: float = 20.0) -> None:
+                 clock_window_s: float = 20.0, position_radius_m: float | None = None) -> None:
         self.agl_source = agl_source
+        self.position_radius_m = position_radius_m  # None: the autopilot's lat/lon is not a prior
         self.mount = mount_ypr_deg
         self.buffer_s, self.max_gap_s, self.max_extrapolation_s = buffer_s, max_gap_s, max_extrapolation_s
         self.clock = BootClock(clock_window_s)
@@ -215,10 +217,11 @@ class PriorBuffer:
         self.relative_alt = Series((False,))  # m above home
         self.heading = Series((True,))  # rad, clockwise from north
         self.range = Series((False,))  # m along the body z axis
+        self.position = Series((False, True))  # lat, lon (rad; lon interpolates across the antimeridian)
         self.samples = 0
 
     def _series(self) -> tuple[Series, ...]:
-        return (self.attitude, self.relative_alt, self.heading, self.range)
+        return (self.attitude, self.relative_alt, self.heading, self.range, self.position)
 
     def _stamp(self, time_boot_ms: int, arrival_unix: float) -> float:
         boot = time_boot_ms / 1000.0
@@ -242,12 +245,16 @@ class PriorBuffer:
         self._trim(boot)
 
     def add_global_position(self, time_boot_ms: int, relative_alt_mm: int, hdg_cdeg: int,
-                            arrival_unix: float) -> None:
-        """GLOBAL_POSITION_INT (relative_alt in mm above home, hdg in centidegrees, 65535 = unknown)."""
+                            arrival_unix: float, lat_e7: int | None = None, lon_e7: int | None = None) -> None:
+        """GLOBAL_POSITION_INT (relative_alt in mm above home, hdg in centidegrees, 65535 = unknown; lat / lon in
+        1e-7 degrees, both 0 = no position estimate yet)."""
         boot = self._stamp(time_boot_ms, arrival_unix)
         self.relative_alt.add(boot, (relative_alt_mm / 1000.0,))
         if hdg_cdeg != HDG_UNKNOWN:
             self.heading.add(boot, (math.radians(hdg_cdeg / 100.0),))
+        if lat_e7 is not None and lon_e7 is not None and (lat_e7, lon_e7) != (0, 0) and \
+                abs(lat_e7) <= 900_000_000 and abs(lon_e7) <= 1_800_000_000:
+            self.position.add(boot, (math.radians(lat_e7 * 1e-7), math.radians(lon_e7 * 1e-7)))
         self._trim(boot)
 
     def add_distance(self, time_boot_ms: int, current_cm: int, min_cm: int, max_cm: int, orientation: int,
@@ -302,10 +309,16 @@ class PriorBuffer:
             if hdg is not None and self.mount[1] == 0.0 and self.mount[2] == 0.0:
                 yaw = wrap_deg(math.degrees(hdg[0]) + self.mount[0])
         agl, _ = self._agl(t, now_boot)
-        if agl is None and roll is None and yaw is None:
+        near: dict[str, float] = {}
+        if self.position_radius_m is not None:
+            pos = self._lookup(self.position, t, now_boot)
+            if pos is not None:
+                near = {"near_lat": math.degrees(pos[0]), "near_lon": wrap_deg(math.degrees(pos[1])),
+                        "near_radius_m": self.position_radius_m}
+        if agl is None and roll is None and yaw is None and not near:
             return None
         return Priors(altitude_agl_m=agl, roll_deg=roll, pitch_deg=pitch, yaw_deg=yaw, capture_time=capture_time,
-                      source="mavlink")
+                      source="mavlink", **near)
 
     def agl_at(self, capture_time: float) -> float | None:
         """Altitude above ground (m) at a capture time, or None."""
