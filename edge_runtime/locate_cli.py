@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--gsd", type=float, help="frame ground sampling distance in metres per pixel")
     parser.add_argument("--no-exif", action="store_true", help="ignore EXIF/XMP priors")
     parser.add_argument("--near", nargs=2, type=float, metavar=("LAT", "LON"),
-                        help="WGS84 degrees of a point the images are expected near (e.g. the last GNSS fix): the "
-                             "maps around it are searched first, then every map")
+                        help="WGS84 decimal degrees (e.g. -33.8568 151.2153) of a point the images are expected "
+                             "near, such as the last GNSS fix: the maps around it are searched first, then every map")
     parser.add_argument("--near-radius-m", type=float,
                         help=f"how far from --near to search first (default {LocatorConfig.prior_radius_m:g} m)")
     parser.add_argument("--utc-offset-h", type=float, default=0.0,

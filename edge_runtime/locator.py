@@ -613,13 +613,14 @@ class Locator:
 
         The temporal prior (``temporal_prior``): the cells of the last fix's map (and its levels) within
         ``prior_radius_m`` of it. A position prior (``priors.near_lat`` / ``near_lon``): the cells of every
-        georeferenced map within ``near_radius_m`` (default ``prior_radius_m``) of that point, on each map's levels,
-        unless the locator's own last fix lies inside that circle (the fresher, tighter of the two is searched). A
+        georeferenced map within ``near_radius_m`` (default ``prior_radius_m``) of that point, on each map's levels;
+        the last fix's area instead when that fix lies inside the prior's circle and ``prior_radius_m`` is smaller
+        than ``near_radius_m`` (a mission-area prior then still gets the tight search around each new fix). A
         prior with no cell near it gives None: the frame gets the plain search at once.
         """
         own = self.last_fix if self.config.temporal_prior else None
         if priors is not None and priors.near_lat is not None and priors.near_lon is not None and \
-                not (own is not None and self._within_prior(own, priors)):
+                not (own is not None and self._last_fix_is_tighter(own, priors)):
             point = np.array([[priors.near_lon, priors.near_lat]], dtype=np.float64)
             radius_m = priors.near_radius_m or self.config.prior_radius_m
             bases = {self.cache.map(m).base_id for m in self.cells}
@@ -641,17 +642,18 @@ class Locator:
             area[entry_id] = np.linalg.norm(cells.centres_px - at, axis=1) <= radius_px
         return area if any(mask.any() for mask in area.values()) else None
 
-    def _within_prior(self, fix: tuple[str, np.ndarray], priors: Priors) -> bool:
-        """Whether a fix (map id, map px) lies within the position prior's radius (a map without a CRS: yes, the
-        prior cannot place it)."""
+    def _last_fix_is_tighter(self, fix: tuple[str, np.ndarray], priors: Priors) -> bool:
+        """Whether a fix (map id, map px) lies within the position prior's circle and the temporal prior's radius
+        is the smaller (a fix on a map without a CRS cannot be placed against the prior: no)."""
+        radius_m = priors.near_radius_m or self.config.prior_radius_m
         georef = self.cache.map(fix[0]).georef
-        if georef.crs_wkt is None:
-            return True
+        if georef.crs_wkt is None or self.config.prior_radius_m >= radius_m:
+            return False
         from pyproj import Geod
 
         lon, lat = georef.pixels_to_lonlat(np.asarray(fix[1], dtype=np.float64)[None])[0]
         _, _, distance = Geod(ellps="WGS84").inv(lon, lat, priors.near_lon, priors.near_lat)
-        return bool(distance <= (priors.near_radius_m or self.config.prior_radius_m))
+        return bool(distance <= radius_m)
 
     def retrieve(self, coarse_q: np.ndarray, valid_q: np.ndarray, area: dict[str, np.ndarray] | None = None,
                  maps: frozenset[str] | None = None) -> list[dict[str, Any]]:

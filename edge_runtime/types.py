@@ -20,8 +20,8 @@ class Priors:
         frame_gsd_m: ground sampling distance of the frame in metres per pixel, when known directly.
         near_lat, near_lon: WGS84 degrees of a point the frame is expected near (the last GNSS fix before it was
             lost, the autopilot's dead-reckoned position, an operator's estimate): the locator searches the maps'
-            cells within ``near_radius_m`` of it first, then every map; its own last fix instead when that lies
-            within the circle (fresher and tighter). Both or neither.
+            cells within ``near_radius_m`` of it first, then every map; the area of its own last fix instead when
+            that lies within the circle and the locator's ``prior_radius_m`` is the smaller. Both or neither.
         near_radius_m: how far from that point to search first (metres, at least 1; None: the locator's
             ``prior_radius_m``).
         source: where the priors came from (``exif``, ``mqtt``, ``mavlink``, ``none``).

@@ -301,8 +301,9 @@ def _near(loc: Locator, map_id: str, at_px: tuple[float, float], radius_m: float
 
 def test_a_position_prior_searches_the_cells_around_it_first(tiny_bundle: Path, sjer_cache: Path) -> None:
     """``Priors.near_lat`` / ``near_lon`` (e.g. the last GNSS fix): the cells within the radius of that point, on
-    whichever map holds it; the locator's own last fix instead when it lies inside that circle (fresher and tighter),
-    the point when the last fix is outside it; a point with no cell near it: the plain search (None)."""
+    whichever map holds it; the area of the locator's own last fix instead when that lies inside a circle wider than
+    the temporal prior's (a mission area), the prior's when the fix is outside it or the prior is the tighter; a point
+    with no cell near it: the plain search (None)."""
     loc = Locator.open(tiny_bundle, sjer_cache, LocatorConfig())
     entry = loc.cache.map("SJER_009")
     corner = (0.0, 0.0)
@@ -316,9 +317,18 @@ def test_a_position_prior_searches_the_cells_around_it_first(tiny_bundle: Path, 
     # the default radius is the locator's prior_radius_m (150 m: the whole 40 m plot)
     assert loc.search_area(_near(loc, "SJER_009", corner))["SJER_009"].all()
 
-    loc.last_fix = ("SJER_009", np.array([380.0, 380.0]))  # 2 m inside a 50 m circle around the far corner
-    own = loc.search_area(_near(loc, "SJER_009", (399.0, 399.0), 50.0))
-    assert own is not None and set(own) == {m for m in loc.cells if loc.cache.map(m).base_id == "SJER_009"}
+    def maps(area: dict) -> set[str]:
+        return {loc.cache.map(m).base_id for m, k in area.items() if k.any()}
+
+    mission = _near(loc, "SJER_009", (200.0, 200.0), 2000.0)  # SJER_048 lies 0.9 km away, SJER_002 4 km
+    assert maps(loc.search_area(mission)) == {"SJER_009", "SJER_048"}
+    loc.last_fix = ("SJER_009", np.array([380.0, 380.0]))  # inside the mission area: its 150 m around the fix
+    assert maps(loc.search_area(mission)) == {"SJER_009"}
+    tight = _near(loc, "SJER_009", (380.0, 380.0), 10.0)  # the fix lies inside, but the prior is the tighter
+    mask = loc.search_area(tight)["SJER_009"]
+    assert not mask.all()  # (around the fix, 150 m, every cell of the plot)
+    np.testing.assert_array_equal(mask, np.linalg.norm(loc.cells["SJER_009"].centres_px - (380.0, 380.0), axis=1)
+                                  <= 10.0 / entry.georef.gsd_m + loc.tile_size / 2)
     loc.last_fix = ("SJER_002", np.array([10.0, 10.0]))  # km away: the prior's circle is searched
     assert {m for m, k in loc.search_area(_near(loc, "SJER_009", corner, 1.0)).items() if k.any()} == \
         {m for m, k in area.items() if k.any()}

@@ -238,6 +238,8 @@ def test_prior_buffer_position_prior_from_the_autopilot():
     p = buf.priors_at(t0 + 0.25, now_unix=t0 + 1.0)
     assert p.near_lat == pytest.approx(-16.8, abs=1e-9) and p.near_radius_m == 250.0
     assert p.near_lon == pytest.approx(179.99975, abs=1e-9)
+    # between the samples on either side of the antimeridian (179.9999 and -179.9999): on the circle, not via 0
+    assert buf.priors_at(t0 + 0.55, now_unix=t0 + 1.0).near_lon == pytest.approx(-179.99995, abs=1e-9)
     across = buf.priors_at(t0 + 0.75, now_unix=t0 + 1.0)
     assert across.near_lon == pytest.approx(179.99975 + 0.0005 - 360.0, abs=1e-9)  # 180.00025 wraps to -179.99975
     assert plain.priors_at(t0 + 0.25, now_unix=t0 + 1.0).near_lat is None

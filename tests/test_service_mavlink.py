@@ -93,6 +93,11 @@ def test_mavlink_section_errors_name_the_file_and_the_dotted_key(tmp_path):
         data["mavlink"] = section
         with pytest.raises(ConfigError, match=r"vehicle\.yaml: telemetry\.kind: 'mavlink' needs an enabled mavlink"):
             load_config(write_config(tmp_path, data))
+    data = base_config()  # the autopilot's position as a prior, but the priors come from elsewhere: said, not ignored
+    data["mavlink"]["position_prior_radius_m"] = 300.0
+    data["telemetry"] = {"kind": "none"}
+    with pytest.raises(ConfigError, match=r"vehicle\.yaml: mavlink\.position_prior_radius_m: is only used with"):
+        load_config(write_config(tmp_path, data))
 
 
 def test_mavlink_section_expands_environment_variables(tmp_path, monkeypatch):

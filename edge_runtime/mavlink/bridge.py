@@ -204,7 +204,8 @@ class MavlinkBridge:
             return True
 
     def latest_priors(self, capture_time: float | None = None) -> Priors | None:
-        """Autopilot priors at ``capture_time`` (Unix s): altitude above ground, camera attitude, heading.
+        """Autopilot priors at ``capture_time`` (Unix s): altitude above ground, camera attitude, heading, and with
+        ``position_prior_radius_m`` the autopilot's position as the position prior.
 
         ``None`` as capture time gives the newest values. Returns None when the autopilot has told nothing usable
         for that time (no samples yet, or the time is outside the buffered history).

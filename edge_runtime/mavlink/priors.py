@@ -1,6 +1,7 @@
 """Priors from the autopilot, aligned in time with the frames (pure numerics, no pymavlink).
 
-The autopilot stamps ATTITUDE, GLOBAL_POSITION_INT and DISTANCE_SENSOR with ``time_boot_ms`` (its own clock since
+The autopilot stamps ATTITUDE, GLOBAL_POSITION_INT (relative altitude, heading and, used as a position prior only when
+configured, latitude / longitude) and DISTANCE_SENSOR with ``time_boot_ms`` (its own clock since
 boot); frames carry Unix capture times. :class:`BootClock` maps one onto the other with the smallest observed
 ``arrival - sample`` offset over a sliding window (the packet that travelled fastest bounds the transport delay), so
 samples that arrive late or in bursts keep their true sample times. :class:`PriorBuffer` stores the samples in boot
@@ -203,6 +204,8 @@ class PriorBuffer:
         mount_ypr_deg: camera mount relative to the body (see MavlinkConfig).
         buffer_s, max_gap_s, max_extrapolation_s: history length and interpolation limits (seconds).
         clock_window_s: window of the boot-clock offset estimate.
+        position_radius_m: the autopilot's lat / lon at the capture time becomes the priors' ``near_lat`` /
+            ``near_lon`` with this ``near_radius_m`` (None: not used).
     """
 
     def __init__(self, agl_source: str = "auto", mount_ypr_deg: tuple[float, float, float] = (0.0, 0.0, 0.0),

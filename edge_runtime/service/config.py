@@ -369,6 +369,9 @@ class ServiceConfig:
         jpeg_sources = ("image_folder", "mqtt")
         _check(self.telemetry.kind != "mavlink" or (self.mavlink is not None and self.mavlink.enabled),
                "telemetry.kind", "'mavlink' needs an enabled mavlink: section (the bridge to the autopilot)")
+        _check(self.mavlink is None or self.mavlink.position_prior_radius_m is None or self.telemetry.kind == "mavlink",
+               "mavlink.position_prior_radius_m", "is only used with telemetry.kind 'mavlink' (the priors from the "
+               "autopilot)")
         _check(self.telemetry.kind != "exif" or self.source.kind in jpeg_sources, "telemetry.kind",
                f"'exif' needs a JPEG source (image_folder or mqtt), the source is {self.source.kind!r}")
         _check(not self.camera.from_exif or self.source.kind == "image_folder", "camera.from_exif",
