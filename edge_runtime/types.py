@@ -8,6 +8,14 @@ from typing import Any
 import numpy as np
 
 
+class PriorsError(ValueError):
+    """A :class:`Priors` value out of range; ``field`` names it (the message starts with it too)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class Priors:
     """What the vehicle knows about a frame besides its pixels (all optional).
@@ -42,17 +50,19 @@ class Priors:
         for name in ("altitude_agl_m", "frame_gsd_m"):
             value = getattr(self, name)
             if value is not None and not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive finite number, got {value}")
+                raise PriorsError(name, f"{name} must be a positive finite number, got {value}")
         if self.near_radius_m is not None and not (np.isfinite(self.near_radius_m) and self.near_radius_m >= 1.0):
-            raise ValueError(f"near_radius_m must be a finite number of metres >= 1, got {self.near_radius_m}")
+            raise PriorsError("near_radius_m",
+                              f"near_radius_m must be a finite number of metres >= 1, got {self.near_radius_m}")
         if (self.near_lat is None) != (self.near_lon is None):
-            raise ValueError("near_lat and near_lon go together: give both or neither")
+            raise PriorsError("near_lat", "near_lat and near_lon go together: give both or neither")
         if self.near_lat is not None and not (np.isfinite(self.near_lat) and -90.0 <= self.near_lat <= 90.0):
-            raise ValueError(f"near_lat must be a latitude in [-90, 90] degrees, got {self.near_lat}")
+            raise PriorsError("near_lat", f"near_lat must be a latitude in [-90, 90] degrees, got {self.near_lat}")
         if self.near_lon is not None and not (np.isfinite(self.near_lon) and -180.0 <= self.near_lon <= 180.0):
-            raise ValueError(f"near_lon must be a longitude in [-180, 180] degrees, got {self.near_lon}")
+            raise PriorsError("near_lon",
+                              f"near_lon must be a longitude in [-180, 180] degrees, got {self.near_lon}")
         if self.near_radius_m is not None and self.near_lat is None:
-            raise ValueError("near_radius_m needs near_lat and near_lon")
+            raise PriorsError("near_radius_m", "near_radius_m needs near_lat and near_lon")
 
 
 @dataclass(frozen=True)

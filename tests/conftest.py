@@ -103,3 +103,20 @@ def reference_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     cache = work / "cache"
     build_cache(bundle, sorted((DEMO / "maps").glob("*.tif")), cache, BuildConfig(progress=False))
     return bundle, cache
+
+
+@pytest.fixture(scope="session")
+def demo_script():
+    """``scripts/demo_brighton.py`` as a module (the README demo: its broker route, report and footprint picture)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_brighton", DEMO.parent.parent / "scripts" / "demo_brighton.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def truth(demo_script) -> dict[str, tuple[float, float]]:
+    """SfM camera positions of the bundled Brighton frames, ``{file name: (lat, lon)}`` (the demo's own reader)."""
+    return demo_script.truth()

@@ -48,13 +48,6 @@ def locator(reference_demo: tuple[Path, Path]) -> Locator:
     return Locator.open(*reference_demo, LocatorConfig())
 
 
-@pytest.fixture(scope="module")
-def truth() -> dict[str, tuple[float, float]]:
-    shots = json.loads((DEMO / "shots.geojson").read_text())
-    return {f["properties"]["filename"]: (f["geometry"]["coordinates"][1], f["geometry"]["coordinates"][0])
-            for f in shots["features"]}
-
-
 def _locate(locator: Locator, path: Path, frame: np.ndarray | None = None, yaw: bool = True) -> LocateResult:
     """Locate a bundled frame with its EXIF priors; ``frame`` replaces its pixels (a turned copy: the scale prior is
     then passed as the frame's GSD, since a quarter turn swaps the intrinsics' axes), ``yaw=False`` drops the yaw."""
@@ -157,23 +150,18 @@ def test_a_fix_never_contradicts_the_yaw_prior(locator: Locator) -> None:
 
 @pytest.mark.slow
 def test_the_demo_prints_and_records_what_the_locator_finds(reference_demo: tuple[Path, Path], locator: Locator,
-                                                            truth: dict, tmp_path: Path,
+                                                            demo_script, truth: dict, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """``scripts/demo_brighton.py`` without ``--service`` (its export and cache reused): ``edge-locate --sequence`` on
     the bundled frames, each frame's outcome and error against the SfM position in its table and report, and the
     footprints picture. The outcomes are the locator's on the same frames in the same order."""
-    import importlib.util
-
     import cv2
 
-    spec = importlib.util.spec_from_file_location("demo_brighton", REPO / "scripts" / "demo_brighton.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
     out = tmp_path / "demo"
     out.mkdir()
     for name, path in zip(("bundle", "cache"), reference_demo, strict=True):
         (out / name).symlink_to(path)
-    assert demo.main(["--out", str(out), "--reuse"]) == 0
+    assert demo_script.main(["--out", str(out), "--reuse"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     frames = sorted((DEMO / "frames").glob("*.JPG"))

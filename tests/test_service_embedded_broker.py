@@ -5,7 +5,6 @@ publishes schema-valid birth, per-frame and retained offline statuses through it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import socket
@@ -201,18 +200,10 @@ def test_real_service_publishes_valid_statuses_and_outcomes_through_amqtt(tiny_b
 
 
 # --------------------------------------------------------------------------- the demo's footprint picture
-def _demo_module():
-    spec = importlib.util.spec_from_file_location("demo_brighton", REPO / "scripts" / "demo_brighton.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_demo_draws_pose_footprints_from_their_geojson(brighton_cache, tmp_path):
+def test_demo_draws_pose_footprints_from_their_geojson(brighton_cache, demo_script, tmp_path):
     from edge_runtime.map_cache import open_map_cache
 
-    demo = _demo_module()
     cache = open_map_cache(brighton_cache, verify=False)
     map_id, entry = next(iter(cache.maps.items()))
     w, h = entry.georef.width, entry.georef.height
@@ -220,14 +211,14 @@ def test_demo_draws_pose_footprints_from_their_geojson(brighton_cache, tmp_path)
     ring = entry.georef.pixels_to_lonlat(quad)
     cache.close()
     pose = {"map_id": map_id, "frame": {"name": "DJI_0031.JPG"}, "footprint": payloads.footprint_geojson(ring)}
-    items = demo.pose_footprints_px([json.loads(json.dumps(pose))], brighton_cache)  # as received over MQTT
+    items = demo_script.pose_footprints_px([json.loads(json.dumps(pose))], brighton_cache)  # as received over MQTT
     assert len(items) == 1 and items[0]["map_id"] == map_id and items[0]["label"] == "DJI_0031.JPG"
     got = np.asarray(items[0]["quad_px"])
     assert got.shape == (4, 2)
     # the GeoJSON ring may run the other way round: every corner comes back to within 0.01 px
     assert max(np.linalg.norm(got - q, axis=1).min() for q in quad) < 0.01
     out = tmp_path / "footprints.png"
-    demo.draw_footprints(items, brighton_cache, out)
+    demo_script.draw_footprints(items, brighton_cache, out)
     picture = cv2.imread(str(out))  # BGR
     scale = 600.0 / max(w, h)
     x, y = ((quad[0] + quad[1]) / 2 * scale).round().astype(int)  # middle of the first edge

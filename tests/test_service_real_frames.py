@@ -10,7 +10,6 @@ meet it yet."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import threading
 from pathlib import Path
@@ -102,13 +101,6 @@ def direct(reference_demo: tuple[Path, Path]) -> dict[str, Any]:
     return results
 
 
-@pytest.fixture(scope="module")
-def truth() -> dict[str, tuple[float, float]]:
-    shots = json.loads((DEMO / "shots.geojson").read_text())
-    return {f["properties"]["filename"]: (f["geometry"]["coordinates"][1], f["geometry"]["coordinates"][0])
-            for f in shots["features"]}
-
-
 def test_the_service_publishes_what_the_locator_finds(published: dict, direct: dict) -> None:
     assert sorted(published) == [p.name for p in FRAMES], "every frame gets a pose or a status"
     for name, expected in direct.items():
@@ -137,14 +129,11 @@ def test_published_poses_meet_the_locators_bound(published: dict, truth: dict) -
 
 
 def test_the_demo_through_the_service_reports_what_the_locator_finds(reference_demo: tuple[Path, Path], direct: dict,
-                                                                     truth: dict, tmp_path: Path) -> None:
+                                                                     demo_script, truth: dict, tmp_path: Path) -> None:
     """The README's first command past its setup: ``edge-runtime`` as a process of its own replays the frames at 2 fps
     over a local mosquitto, the demo's subscriber records each outcome with its error against the SfM position, and
     the report and the footprints picture are written."""
-    spec = importlib.util.spec_from_file_location("demo_brighton", REPO / "scripts" / "demo_brighton.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    assert demo.via_service(*reference_demo, tmp_path, "mosquitto") == 0
+    assert demo_script.via_service(*reference_demo, tmp_path, "mosquitto") == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["failures"] == [] and report["summary"]["broker"] == "mosquitto"
     records = {r["frame"]: r for r in report["frames"]}

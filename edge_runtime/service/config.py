@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from edge_runtime.mavlink.config import MavlinkConfig, MavlinkConfigError
-from edge_runtime.types import Priors
+from edge_runtime.types import Priors, PriorsError
 
 T = TypeVar("T")
 
@@ -270,9 +270,8 @@ class TelemetryConfig:
         _positive(self.altitude_agl_m, "altitude_agl_m")
         try:  # the position prior's own checks (both coordinates or neither, ranges, a positive radius)
             Priors(near_lat=self.near_lat, near_lon=self.near_lon, near_radius_m=self.near_radius_m)
-        except ValueError as exc:
-            name = str(exc).split()[0]
-            raise FieldError(name if name in fixed else "near_lat", str(exc)) from exc
+        except PriorsError as exc:
+            raise FieldError(exc.field, str(exc)) from exc
 
 
 @dataclass(frozen=True)

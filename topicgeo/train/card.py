@@ -58,7 +58,8 @@ def plot_losses(log: dict[str, list[float]], out: Path) -> None:
 
 
 LOSS_TERMS = ("total", "coarse", "fine1", "fine2")
-KEPT_KEYS = ("train_config", "step", "wall_seconds", "data_manifest", "topics", "prompt_sha256", "loss_summary")
+#: the training record a release keeps from its checkpoint (``loss_summary`` is written from the summary it is given)
+KEPT_KEYS = ("train_config", "step", "wall_seconds", "data_manifest", "topics", "prompt_sha256")
 
 
 def loss_summary(log: dict[str, list[float]]) -> dict[str, dict[str, float]]:
